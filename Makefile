@@ -1,0 +1,48 @@
+# Set-up and everyday commands. Everything runs in a project virtualenv (.venv) with the
+# CPU torch wheel; the extension is built without build isolation so pip never downloads
+# another (CUDA) torch into a build environment.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_SPEC ?= torch==2.13.0
+CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+EXTENSION_STAMP := $(VENV)/.extension-built
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow bench env clean
+
+$(VENV)/.deps-installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install $(TORCH_SPEC)
+	$(PIP) install "setuptools>=64" wheel ninja
+	$(PIP) install --no-build-isolation -e ".[test]"
+	touch $@
+
+$(EXTENSION_STAMP): $(VENV)/.deps-installed setup.py $(CSRC)
+	$(PIP) install --no-build-isolation --no-deps -e .
+	touch $@
+
+install: $(EXTENSION_STAMP)  ## create .venv, install dependencies, build sam_lightning._C
+
+demo: install  ## the main job: segment a demo image from the command line
+	$(PY) tools/make_demo_image.py demo_output/scene.png
+	$(PY) -m sam_lightning.segment demo_output/scene.png --model-type vit_b \
+		--point 200,240 --point 470,150,1 --box 380,60,560,260 --output demo_output/masks
+
+test: install  ## the default test run (what CI runs first)
+	$(PY) tools/collect_env.py
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install  ## the slow tests (full-size models)
+	$(PY) -m pytest -m slow $(PYTEST_ARGS) || test $$? -eq 5  # 5: no slow tests collected
+
+bench: install  ## speed against the references; figures go to docs/benchmarks.md
+	$(PY) tools/bench_rle.py
+	$(PY) tools/bench_predictor.py
+
+env: install  ## report versions and which compiled kernels are available
+	$(PY) tools/collect_env.py
+
+clean:
+	rm -rf build sam_lightning/_C*.so $(EXTENSION_STAMP)
