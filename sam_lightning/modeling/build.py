@@ -1,0 +1,117 @@
+"""Constructors of SAM models: the official ViT-B/L/H configurations, a tiny one for tests
+and demos, and arbitrary custom sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from os import PathLike
+
+from torch import nn
+
+from sam_lightning.modeling.checkpoint import load_checkpoint
+from sam_lightning.modeling.image_encoder import ImageEncoderViT
+from sam_lightning.modeling.mask_decoder import MaskDecoder
+from sam_lightning.modeling.prompt_encoder import PromptEncoder
+from sam_lightning.modeling.sam import Sam
+from sam_lightning.modeling.transformer import TwoWayTransformer
+
+PROMPT_EMBED_DIM = 256
+PATCH_SIZE = 16
+
+
+def build_sam_custom(
+    encoder_embed_dim: int,
+    encoder_depth: int,
+    encoder_num_heads: int,
+    encoder_global_attn_indexes: Sequence[int],
+    image_size: int = 1024,
+    window_size: int = 14,
+    checkpoint: str | PathLike[str] | None = None,
+) -> Sam:
+    """Builds a SAM whose ViT encoder has the given size (decoder and prompt encoder as in
+    the official models), in eval mode, optionally loading ``checkpoint`` strictly.
+
+    Args:
+        encoder_embed_dim, encoder_depth, encoder_num_heads: ViT width, depth and heads.
+        encoder_global_attn_indexes: blocks with global attention (others are windowed).
+        image_size: side of the square encoder input, a multiple of 16.
+        window_size: window side (in tokens) of the windowed blocks.
+        checkpoint: state-dict file, see :func:`~sam_lightning.modeling.checkpoint.load_checkpoint`.
+    """
+    if image_size % PATCH_SIZE:
+        raise ValueError(f"image_size must be a multiple of {PATCH_SIZE}, got {image_size}")
+    grid = image_size // PATCH_SIZE
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=image_size,
+            patch_size=PATCH_SIZE,
+            embed_dim=encoder_embed_dim,
+            depth=encoder_depth,
+            num_heads=encoder_num_heads,
+            mlp_ratio=4.0,
+            out_chans=PROMPT_EMBED_DIM,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=window_size,
+            global_attn_indexes=tuple(encoder_global_attn_indexes),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=PROMPT_EMBED_DIM,
+            image_embedding_size=(grid, grid),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=PROMPT_EMBED_DIM,
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=PROMPT_EMBED_DIM, mlp_dim=2048, num_heads=8
+            ),
+            num_multimask_outputs=3,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+    )
+    sam.eval()
+    if checkpoint is not None:
+        load_checkpoint(sam, checkpoint, strict=True)
+    return sam
+
+
+def _registry_entry(
+    embed_dim: int, depth: int, num_heads: int, global_attn_indexes: Sequence[int]
+) -> Callable[..., Sam]:
+    def build(
+        checkpoint: str | PathLike[str] | None = None, image_size: int = 1024
+    ) -> Sam:
+        return build_sam_custom(
+            embed_dim, depth, num_heads, global_attn_indexes, image_size, checkpoint=checkpoint
+        )
+
+    return build
+
+
+#: Model constructors by name, called as ``sam_model_registry[name](checkpoint=None,
+#: image_size=1024)``. ``vit_tiny`` is not an official model: a small encoder for CPU tests.
+sam_model_registry: dict[str, Callable[..., Sam]] = {
+    "vit_b": _registry_entry(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": _registry_entry(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": _registry_entry(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_tiny": _registry_entry(128, 4, 4, (1, 3)),
+}
+
+
+def build_sam(
+    model_type: str,
+    checkpoint: str | PathLike[str] | None = None,
+    image_size: int = 1024,
+) -> Sam:
+    """Builds a registered model (``vit_b``, ``vit_l``, ``vit_h``, ``vit_tiny``) in eval
+    mode, optionally loading ``checkpoint`` (official ``.pth``, our training checkpoints,
+    ``.safetensors``) strictly."""
+    if model_type not in sam_model_registry:
+        raise ValueError(
+            f"unknown model type {model_type!r}; choose one of {sorted(sam_model_registry)}"
+        )
+    return sam_model_registry[model_type](checkpoint=checkpoint, image_size=image_size)
