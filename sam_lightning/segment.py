@@ -1,0 +1,309 @@
+"""Segment an image from point and box prompts and write the masks to a directory.
+
+Usage::
+
+    python -m sam_lightning.segment IMAGE --point X,Y[,LABEL] ... --box X0,Y0,X1,Y1 ... \\
+        --model-type vit_b --checkpoint sam_vit_b_01ec64.pth --output DIR
+
+Writes ``DIR/mask_XX.png`` (0/255), ``DIR/overlay.png`` and ``DIR/masks.json`` (score, XYWH
+bbox, area and COCO RLE per mask), each atomically. Several boxes are decoded as one batch
+(each with all the points); without ``--checkpoint`` the weights are random.
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import io
+import json
+import os
+import re
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+
+from sam_lightning.inference.predictor import SamPredictor
+
+Point = tuple[float, float, int]
+Box = tuple[float, float, float, float]
+MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_tiny")
+OFFICIAL_CHECKPOINTS = "sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth or sam_vit_h_4b8939.pth"
+_MASK_FILE = re.compile(r"mask_\d+\.png")
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Reads an image file as an RGB uint8 HxWx3 array (EXIF orientation applied).
+
+    Raises FileNotFoundError if ``path`` does not exist, ValueError if it is not an image."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def predict_masks(
+    predictor: SamPredictor,
+    points: Sequence[Point],
+    boxes: Sequence[Box],
+    multimask_output: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs the prompts on the predictor's image: all points with each box (one batch when
+    there are several boxes), or the points alone.
+
+    Returns masks MxHxW bool, scores M and the prompt index (the box) of each mask."""
+    coords = np.array([p[:2] for p in points], dtype=float).reshape(-1, 2) if points else None
+    labels = np.array([p[2] for p in points], dtype=int) if points else None
+    if len(boxes) <= 1:
+        box = np.array(boxes[0], dtype=float) if boxes else None
+        masks, scores, _ = predictor.predict(coords, labels, box, None, multimask_output)
+        return masks, scores, np.zeros(len(masks), dtype=int)
+    size = predictor.original_size
+    boxes_t = predictor.transform.apply_boxes_torch(torch.tensor(boxes, dtype=torch.float), size)
+    coords_t = labels_t = None
+    if points:
+        coords_t = predictor.transform.apply_coords_torch(torch.from_numpy(coords), size)
+        coords_t = coords_t[None].expand(len(boxes), -1, -1)
+        labels_t = torch.from_numpy(labels)[None].expand(len(boxes), -1)
+    masks_t, scores_t, _ = predictor.predict_torch(
+        coords_t, labels_t, boxes_t.to(predictor.device), None, multimask_output
+    )
+    prompt_index = np.repeat(np.arange(len(boxes)), masks_t.shape[1])
+    return masks_t.flatten(0, 1).cpu().numpy(), scores_t.flatten().cpu().numpy(), prompt_index
+
+
+def mask_records(masks: np.ndarray, scores: np.ndarray, prompt_index: np.ndarray) -> list[dict]:
+    """One JSON-ready record per mask: file name, prompt, score, XYWH bbox, area, COCO RLE."""
+    from sam_lightning.ops import rle_encode
+
+    rles = rle_encode(torch.from_numpy(masks))
+    records = []
+    for i, (mask, rle) in enumerate(zip(masks, rles)):
+        ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+        bbox = [0, 0, 0, 0]
+        if len(xs):
+            bbox = [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
+        counts = rle["counts"]
+        records.append({
+            "file": f"mask_{i:02d}.png",
+            "prompt": int(prompt_index[i]),
+            "score": float(scores[i]),
+            "bbox": bbox,
+            "area": int(mask.sum()),
+            "segmentation": {
+                "size": [int(s) for s in rle["size"]],
+                "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+            },
+        })
+    return records
+
+
+def _colours(count: int) -> np.ndarray:
+    """``count`` distinct saturated RGB colours (hues spread by the golden ratio)."""
+    hues = (np.arange(count) * 0.618033988749895) % 1.0
+    return np.array([colorsys.hsv_to_rgb(h, 0.85, 1.0) for h in hues]).reshape(-1, 3) * 255
+
+
+def render_overlay(
+    image: np.ndarray,
+    masks: np.ndarray,
+    prompt_index: np.ndarray,
+    points: Sequence[Point],
+    boxes: Sequence[Box],
+    alpha: float = 0.5,
+) -> Image.Image:
+    """Blends each mask in its own colour over ``image``, outlines the boxes (in the colour
+    of their first mask) and draws foreground points green, background points red."""
+    colours = _colours(len(masks))
+    blended = image.astype(np.float32)
+    for mask, colour in zip(masks, colours):
+        blended[mask] = (1 - alpha) * blended[mask] + alpha * colour
+    overlay = Image.fromarray(blended.round().astype(np.uint8))
+    draw = ImageDraw.Draw(overlay)
+    width = max(2, min(image.shape[:2]) // 200)
+    for b, box in enumerate(boxes):
+        first = np.flatnonzero(prompt_index == b)
+        colour = tuple(int(c) for c in colours[first[0]]) if len(first) else (255, 255, 255)
+        draw.rectangle(box, outline=colour, width=width)
+    radius = max(4, min(image.shape[:2]) // 80)
+    for x, y, label in points:
+        fill = (0, 255, 0) if label == 1 else (255, 0, 0)
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=fill, outline="white")
+    return overlay
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Writes ``data`` to a temporary file next to ``path`` and renames it into place."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_outputs(
+    output_dir: Path, overlay: Image.Image, masks: np.ndarray, document: dict[str, Any]
+) -> None:
+    """Writes mask PNGs, the overlay and masks.json; removes stale ``mask_*.png`` files."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    names = {record["file"] for record in document["masks"]}
+    for stale in output_dir.iterdir():
+        if _MASK_FILE.fullmatch(stale.name) and stale.name not in names:
+            stale.unlink()
+    for record, mask in zip(document["masks"], masks):
+        png = _png_bytes(Image.fromarray(mask.astype(np.uint8) * 255))
+        _write_atomic(output_dir / record["file"], png)
+    _write_atomic(output_dir / "overlay.png", _png_bytes(overlay))
+    _write_atomic(output_dir / "masks.json", json.dumps(document, indent=2).encode())
+
+
+def build_predictor(model_type: str, checkpoint: str | Path | None, device: str) -> SamPredictor:
+    """Builds the model (random weights, seeded, when ``checkpoint`` is None) and a predictor."""
+    from sam_lightning.modeling.build import build_sam
+
+    if checkpoint is None:
+        print(
+            f"note: no --checkpoint given, {model_type} has random weights and the masks are "
+            f"meaningless; download {OFFICIAL_CHECKPOINTS} and pass --checkpoint PATH",
+            file=sys.stderr,
+        )
+        torch.manual_seed(0)
+    model = build_sam(model_type, checkpoint=None if checkpoint is None else str(checkpoint))
+    return SamPredictor(model.to(device).eval())
+
+
+def segment_image(
+    image_path: str | Path,
+    output_dir: str | Path,
+    points: Sequence[Point] = (),
+    boxes: Sequence[Box] = (),
+    model_type: str = "vit_b",
+    checkpoint: str | Path | None = None,
+    multimask_output: bool | None = None,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
+    """Segments ``image_path`` from XY(label) ``points`` and XYXY ``boxes`` in pixels and writes
+    the results to ``output_dir``; returns the mask records of masks.json.
+
+    ``multimask_output=None`` returns 3 masks for a single point and 1 otherwise.
+    Raises ValueError for invalid prompts, FileNotFoundError for a missing image."""
+    if not points and not boxes:
+        raise ValueError("give at least one point or box prompt")
+    image = load_image(image_path)
+    if multimask_output is None:
+        multimask_output = len(points) == 1 and not boxes
+    predictor = build_predictor(model_type, checkpoint, device)
+    predictor.set_image(image)
+    masks, scores, prompt_index = predict_masks(predictor, points, boxes, multimask_output)
+    document = {
+        "image": str(image_path),
+        "image_size": [int(image.shape[0]), int(image.shape[1])],
+        "model_type": model_type,
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "points": [list(p) for p in points],
+        "boxes": [list(b) for b in boxes],
+        "masks": mask_records(masks, scores, prompt_index),
+    }
+    overlay = render_overlay(image, masks, prompt_index, points, boxes)
+    write_outputs(Path(output_dir), overlay, masks, document)
+    return document["masks"]
+
+
+def _parse_numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in counts or not np.all(np.isfinite(values)):
+        raise argparse.ArgumentTypeError(f"invalid {what} {text!r}")
+    return values
+
+
+def parse_point(text: str) -> Point:
+    """Parses ``X,Y`` or ``X,Y,LABEL`` (LABEL 1 foreground, the default, or 0 background)."""
+    values = _parse_numbers(text, (2, 3), "point (expected X,Y or X,Y,LABEL)")
+    label = values[2] if len(values) == 3 else 1
+    if label not in (0, 1):
+        raise argparse.ArgumentTypeError(f"invalid point label in {text!r}: must be 0 or 1")
+    return values[0], values[1], int(label)
+
+
+def parse_box(text: str) -> Box:
+    """Parses ``X0,Y0,X1,Y1``."""
+    x0, y0, x1, y1 = _parse_numbers(text, (4,), "box (expected X0,Y0,X1,Y1)")
+    return x0, y0, x1, y1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of :func:`main`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sam_lightning.segment",
+        description="Segment an image with SAM from point and box prompts.",
+    )
+    parser.add_argument("image", type=Path, help="image file (PNG, JPEG, ...)")
+    parser.add_argument("--point", type=parse_point, action="append", default=[],
+                        metavar="X,Y[,LABEL]", help="point prompt in pixels; LABEL 1 (default) "
+                        "foreground or 0 background; repeatable")
+    parser.add_argument("--box", type=parse_box, action="append", default=[],
+                        metavar="X0,Y0,X1,Y1", help="box prompt in pixels; repeatable (several "
+                        "boxes are decoded as one batch, each with all points)")
+    parser.add_argument("--model-type", choices=MODEL_TYPES, default="vit_b")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help=f"model weights ({OFFICIAL_CHECKPOINTS}); random if omitted")
+    parser.add_argument("--output", type=Path, required=True, help="output directory")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--multimask", dest="multimask", action="store_const", const=True,
+                       help="3 masks per prompt (default for a single point)")
+    group.add_argument("--single-mask", dest="multimask", action="store_const", const=False,
+                       help="1 mask per prompt (default otherwise)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (argparse exits with 2 on bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.point and not args.box:
+        parser.error("give at least one --point or --box")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        parser.error(f"checkpoint file not found: {args.checkpoint}")
+    try:
+        torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"invalid --device {args.device!r}: {error}")
+    try:
+        records = segment_image(
+            args.image, args.output, args.point, args.box, args.model_type,
+            args.checkpoint, args.multimask, args.device,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
+    for record in records:
+        print(f"{args.output / record['file']}: score {record['score']:.3f}, "
+              f"area {record['area']}, bbox {record['bbox']}")
+    print(f"{args.output / 'overlay.png'}\n{args.output / 'masks.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

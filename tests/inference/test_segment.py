@@ -1,0 +1,116 @@
+"""The ``python -m sam_lightning.segment`` command on a small synthetic scene with vit_tiny."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from sam_lightning import segment
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+
+from make_demo_image import draw_scene  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("scene") / "scene.png"
+    draw_scene(96, 128).save(path)
+    return path
+
+
+def run_ok(argv: list[str], capsys) -> tuple[str, str]:
+    assert segment.main(argv) == 0
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_points_and_boxes(scene, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "mask_07.png").write_bytes(b"stale")
+    _, err = run_ok([str(scene), "--point", "30,30", "--point", "60,40,0",
+                     "--box", "10,10,60,60", "--box", "60.5,15,120,55",
+                     "--model-type", "vit_tiny", "--output", str(out_dir)], capsys)
+    assert "random weights" in err and "sam_vit_b_01ec64.pth" in err
+    document = json.loads((out_dir / "masks.json").read_text())
+    records = document["masks"]
+    assert [r["prompt"] for r in records] == [0, 1]  # two boxes, single mask each
+    assert document["image_size"] == [96, 128] and document["boxes"][1] == [60.5, 15, 120, 55]
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "mask_00.png", "mask_01.png", "masks.json", "overlay.png"
+    ]
+    for record in records:
+        saved = np.array(Image.open(out_dir / record["file"]))
+        assert saved.dtype == np.uint8 and set(np.unique(saved)) <= {0, 255}
+        rle = dict(record["segmentation"], counts=record["segmentation"]["counts"].encode())
+        decoded = mask_utils.decode(rle)
+        np.testing.assert_array_equal(decoded * 255, saved)
+        assert record["area"] == int(decoded.sum()) == int(mask_utils.area(rle))
+        np.testing.assert_allclose(record["bbox"], mask_utils.toBbox(rle))
+        assert isinstance(record["score"], float)
+    overlay = np.array(Image.open(out_dir / "overlay.png"))
+    assert overlay.shape == (96, 128, 3)
+    assert (overlay[30, 30] == [0, 255, 0]).all() and (overlay[40, 60] == [255, 0, 0]).all()
+
+
+def test_single_point_gives_three_masks(scene, tmp_path, capsys):
+    out, _ = run_ok([str(scene), "--point", "30,30", "--model-type", "vit_tiny",
+                     "--output", str(tmp_path)], capsys)
+    assert sorted(p.name for p in tmp_path.glob("mask_*.png")) == [
+        "mask_00.png", "mask_01.png", "mask_02.png"
+    ]
+    assert "overlay.png" in out
+    run_ok([str(scene), "--point", "30,30", "--single-mask", "--model-type", "vit_tiny",
+            "--output", str(tmp_path)], capsys)
+    assert [p.name for p in tmp_path.glob("mask_*.png")] == ["mask_00.png"]
+    assert not list(tmp_path.glob(".*"))  # no temp files left behind
+
+
+def test_segment_image_function(scene, tmp_path):
+    records = segment.segment_image(scene, tmp_path, boxes=[(5, 5, 50, 50)], model_type="vit_tiny")
+    assert len(records) == 1 and records[0]["file"] == "mask_00.png"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--point", "30;30"], "invalid point (expected X,Y or X,Y,LABEL) '30;30'"),
+        (["--point", "3,4,5"], "must be 0 or 1"),
+        (["--point", "nan,4"], "invalid point"),
+        (["--box", "1,2,3"], "invalid box (expected X0,Y0,X1,Y1) '1,2,3'"),
+        ([], "give at least one --point or --box"),
+        (["--point", "500,30"], "(500.0, 30.0) is outside the image of size W x H = 128 x 96"),
+        (["--box", "50,10,40,20"], "must satisfy x0 <= x1"),
+        (["--point", "1,1", "--checkpoint", "missing.pth"],
+         "checkpoint file not found: missing.pth"),
+        (["--point", "1,1", "--model-type", "vit_x"], "invalid choice: 'vit_x'"),
+    ],
+)
+def test_bad_arguments_exit_2(scene, tmp_path, capsys, args, fragment):
+    argv = [str(scene), *args, "--output", str(tmp_path)]
+    if "--model-type" not in args:
+        argv += ["--model-type", "vit_tiny"]
+    with pytest.raises(SystemExit) as exit_info:
+        segment.main(argv)
+    assert exit_info.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_missing_and_unreadable_image(tmp_path, capsys):
+    missing = tmp_path / "nope.png"
+    with pytest.raises(SystemExit) as exit_info:
+        segment.main([str(missing), "--point", "1,1", "--output", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"image file not found: {missing}" in capsys.readouterr().err
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(SystemExit):
+        segment.main([str(text), "--point", "1,1", "--output", str(tmp_path)])
+    assert f"cannot read image {text}" in capsys.readouterr().err
