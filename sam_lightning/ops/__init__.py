@@ -7,4 +7,29 @@ implementation otherwise.
 
 from sam_lightning.ops._extension import HAS_EXTENSION, LOAD_ERROR
 
-__all__ = ["HAS_EXTENSION", "LOAD_ERROR"]
+if HAS_EXTENSION:
+    from sam_lightning.ops import _fake  # noqa: F401  (registers the fake kernels)
+
+from sam_lightning.ops.rle import (
+    rle_area,
+    rle_compress,
+    rle_decode,
+    rle_decompress,
+    rle_encode,
+    rle_iou,
+    rle_merge,
+    rle_to_bbox,
+)
+
+__all__ = [
+    "HAS_EXTENSION",
+    "LOAD_ERROR",
+    "rle_area",
+    "rle_compress",
+    "rle_decode",
+    "rle_decompress",
+    "rle_encode",
+    "rle_iou",
+    "rle_merge",
+    "rle_to_bbox",
+]

@@ -1,0 +1,61 @@
+"""Fake (meta) kernels of the compiled operators, for FakeTensor tracing and torch.compile.
+
+Imported by :mod:`sam_lightning.ops` when the extension is loaded (and by torch itself, which
+``csrc/ops.cpp`` points here). Output sizes that depend on the data (lengths of counts
+strings) are unbacked symbolic sizes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.library import get_ctx, register_fake
+
+
+def _batch_size(offsets: torch.Tensor) -> int:
+    return offsets.shape[0] - 1
+
+
+def _dynamic_1d(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return like.new_empty((get_ctx().new_dynamic_size(),), dtype=dtype)
+
+
+@register_fake("sam_lightning::rle_encode")
+def _rle_encode(masks):
+    offsets = masks.new_empty((masks.shape[0] + 1,), dtype=torch.int64)
+    return _dynamic_1d(masks, torch.uint8), offsets
+
+
+@register_fake("sam_lightning::rle_decode")
+def _rle_decode(chars, offsets, h, w):
+    return chars.new_empty((_batch_size(offsets), h, w), dtype=torch.uint8)
+
+
+@register_fake("sam_lightning::rle_area")
+def _rle_area(chars, offsets, sizes):
+    return chars.new_empty((_batch_size(offsets),), dtype=torch.int64)
+
+
+@register_fake("sam_lightning::rle_to_bbox")
+def _rle_to_bbox(chars, offsets, sizes):
+    return chars.new_empty((_batch_size(offsets), 4), dtype=torch.float64)
+
+
+@register_fake("sam_lightning::rle_iou")
+def _rle_iou(dt_chars, dt_offsets, dt_sizes, gt_chars, gt_offsets, gt_sizes, iscrowd):
+    shape = (_batch_size(dt_offsets), _batch_size(gt_offsets))
+    return dt_chars.new_empty(shape, dtype=torch.float64)
+
+
+@register_fake("sam_lightning::rle_merge")
+def _rle_merge(chars, offsets, sizes, intersect):
+    return _dynamic_1d(chars, torch.uint8)
+
+
+@register_fake("sam_lightning::rle_compress")
+def _rle_compress(counts, offsets):
+    return _dynamic_1d(counts, torch.uint8), torch.empty_like(offsets)
+
+
+@register_fake("sam_lightning::rle_decompress")
+def _rle_decompress(chars, offsets):
+    return _dynamic_1d(chars, torch.int64), torch.empty_like(offsets)
