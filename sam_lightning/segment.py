@@ -83,26 +83,19 @@ def predict_masks(
 
 def mask_records(masks: np.ndarray, scores: np.ndarray, prompt_index: np.ndarray) -> list[dict]:
     """One JSON-ready record per mask: file name, prompt, score, XYWH bbox, area, COCO RLE."""
-    from sam_lightning.ops import rle_encode
+    from sam_lightning.ops import rle_area, rle_encode, rle_to_bbox
 
     rles = rle_encode(torch.from_numpy(masks))
+    areas, boxes = rle_area(rles).tolist(), rle_to_bbox(rles).long().tolist()
     records = []
-    for i, (mask, rle) in enumerate(zip(masks, rles)):
-        ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-        bbox = [0, 0, 0, 0]
-        if len(xs):
-            bbox = [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
-        counts = rle["counts"]
+    for i, rle in enumerate(rles):
         records.append({
             "file": f"mask_{i:02d}.png",
             "prompt": int(prompt_index[i]),
             "score": float(scores[i]),
-            "bbox": bbox,
-            "area": int(mask.sum()),
-            "segmentation": {
-                "size": [int(s) for s in rle["size"]],
-                "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
-            },
+            "bbox": boxes[i],
+            "area": areas[i],
+            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
         })
     return records
 
