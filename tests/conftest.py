@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,14 @@ import skimage.data
 _TESTS_DIR = str(Path(__file__).parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In CI the compiled extension must load: tests of its kernels would otherwise skip."""
+    from sam_lightning.ops import HAS_EXTENSION, LOAD_ERROR
+
+    if os.environ.get("CI", "").lower() in ("1", "true") and not HAS_EXTENSION:
+        pytest.exit(f"CI requires sam_lightning._C, which did not load: {LOAD_ERROR}", 3)
 
 
 @pytest.fixture(scope="session")
