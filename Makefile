@@ -28,7 +28,7 @@ install: $(EXTENSION_STAMP)  ## create .venv, install dependencies, build sam_li
 demo: install  ## the main job: segment a demo image from the command line
 	$(PY) tools/make_demo_image.py demo_output/scene.png
 	$(PY) -m sam_lightning.segment demo_output/scene.png --model-type vit_b \
-		--point 160,160 --box 330,80,580,230 --box 400,290,600,430 --output demo_output/masks
+		--box 70,70,250,250 --box 330,80,580,230 --box 400,290,600,430 --output demo_output/masks
 
 test: install  ## the default test run (what CI runs first)
 	$(PY) tools/collect_env.py
