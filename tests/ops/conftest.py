@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import pytest
-import torch
+from backends import BACKENDS, kernels_of
 
-from sam_lightning.ops import _rle_reference, rle
+from sam_lightning.ops import rle
 from sam_lightning.ops._extension import HAS_EXTENSION, LOAD_ERROR
-
-BACKENDS = ["compiled", "reference"]
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch) -> str:
     """Runs a test once per kernel backend of :mod:`sam_lightning.ops.rle`."""
-    if request.param == "compiled":
-        if not HAS_EXTENSION:
-            pytest.skip(f"compiled extension not loaded: {LOAD_ERROR}")
-        monkeypatch.setattr(rle, "_KERNELS", torch.ops.sam_lightning)
-    else:
-        monkeypatch.setattr(rle, "_KERNELS", _rle_reference)
+    if request.param == "compiled" and not HAS_EXTENSION:
+        pytest.skip(f"compiled extension not loaded: {LOAD_ERROR}")
+    monkeypatch.setattr(rle, "_KERNELS", kernels_of(request.param))
     return request.param

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pycocotools import mask as coco
 
 from sam_lightning import ops
+from backends import each_backend
 from rle_masks import blobs, noise, to_fortran
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools on NumPy 2
@@ -124,12 +125,8 @@ def test_encode_shapes(backend):
 def test_random_masks_match_pycocotools(n, h, w, p, seed):
     masks = noise(np.random.default_rng(seed), n, h, w, p)
     reference = coco_encode(masks)
-    for kernels in ("compiled", "reference"):
-        with pytest.MonkeyPatch.context() as patch:
-            if kernels == "reference":
-                patch.setattr(ops.rle, "_KERNELS", ops._rle_reference)
-            elif not ops.HAS_EXTENSION:
-                continue
+    with each_backend() as backends:
+        for _ in backends:
             assert ops.rle_encode(masks) == reference
             np.testing.assert_array_equal(ops.rle_decode(reference).numpy(), masks)
             np.testing.assert_array_equal(ops.rle_area(reference).numpy(), coco.area(reference))
@@ -256,12 +253,8 @@ def test_merge_errors(backend):
 @given(st.lists(st.integers(0, 2**20), min_size=1, max_size=40).filter(lambda c: sum(c) > 0))
 def test_compress_matches_pycocotools(counts):
     expected = coco_compress(counts, 1, sum(counts))
-    for kernels in ("compiled", "reference"):
-        with pytest.MonkeyPatch.context() as patch:
-            if kernels == "reference":
-                patch.setattr(ops.rle, "_KERNELS", ops._rle_reference)
-            elif not ops.HAS_EXTENSION:
-                continue
+    with each_backend() as backends:
+        for _ in backends:
             assert ops.rle_compress(counts) == expected
             assert ops.rle_decompress(expected) == counts
             assert ops.rle_decompress(expected.decode()) == counts
