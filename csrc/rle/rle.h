@@ -28,8 +28,16 @@ std::string check_size(int64_t h, int64_t w);
 // of the first problem (bad character, truncated value, overflow, negative count).
 std::string decompress(const uint8_t* chars, int64_t length, Counts& counts);
 
-// Empty when the counts cover exactly h * w pixels, else a description.
+// Empty when counts summing to `total` cover exactly h * w pixels, else a description.
+std::string check_total(uint64_t total, int64_t h, int64_t w);
 std::string check_total(const Counts& counts, int64_t h, int64_t w);
+
+// A count takes at most 7 characters (35 bits hold any delta of two 32-bit counts).
+constexpr int kMaxCharsPerCount = 7;
+
+// Writes the COCO counts string of `counts` to `out`, which must have room for
+// num_counts * kMaxCharsPerCount characters; returns the number of characters written.
+int64_t compress(const Count* counts, int64_t num_counts, char* out);
 
 // Appends the COCO counts string of `counts` to `out`.
 void compress(const Count* counts, int64_t num_counts, std::string& out);
@@ -41,18 +49,20 @@ struct MaskView {
   const uint8_t* data;
   int64_t height, width;
   int64_t stride_h, stride_w;
-  bool binary;  // values are known to be 0/1 (bool tensors): skips normalisation
 };
 
-// Reusable buffers of encode(); keep one per thread.
+// Reusable buffers of encode(); keep one per thread. Their sizes only grow, so that a
+// thread encoding many masks allocates (and zero-fills) them once.
 struct EncodeScratch {
-  std::vector<uint32_t> rec_x, rec_y, column_start, sorted_y;
+  Counts counts;                            // the result: its first encode() elements
+  std::vector<uint64_t> band, column_bits;  // row-major masks: packed rows, columns
 };
 
 // Run lengths of `mask` in column-major order (identical to pycocotools' rleEncode for
-// 0/1 masks). Chooses a scan adapted to the strides: contiguous columns, contiguous rows
-// (transitions between consecutive rows, no transpose), or a generic strided loop.
-void encode(const MaskView& mask, EncodeScratch& scratch, Counts& counts);
+// 0/1 masks), written to the front of scratch.counts; returns how many there are. Pixels
+// are packed 64 at a time into bit words of one column (transposing 64 x 64 blocks when
+// rows are contiguous), where run boundaries are the set bits of word ^ (word << 1).
+int64_t encode(const MaskView& mask, EncodeScratch& scratch);
 
 // Writes the h x w row-major uint8 mask (0/1) of counts that sum to h * w.
 void decode_row_major(const Counts& counts, int64_t h, int64_t w, uint8_t* out);
@@ -64,6 +74,13 @@ uint64_t area(const Counts& counts);
 
 // Bounding box [x, y, width, height] exactly as pycocotools' rleToBbox.
 void to_bbox(const Counts& counts, int64_t h, int64_t w, double box[4]);
+
+// area() and to_bbox() straight from a counts string, validated exactly as decompress()
+// then check_total() would (same problems), without storing the counts.
+std::string area_of_string(const uint8_t* chars, int64_t length, int64_t h, int64_t w,
+                           uint64_t& area);
+std::string bbox_of_string(const uint8_t* chars, int64_t length, int64_t h, int64_t w,
+                           double box[4]);
 
 // Whether pycocotools' bbIou prefilter lets the pair through (box overlap > 0).
 bool boxes_overlap(const double dt[4], const double gt[4]);

@@ -71,22 +71,26 @@ at::Tensor check_sizes(const char* op, const char* label, const at::Tensor& size
   return contiguous;
 }
 
-// Total work (bytes or pixels touched) below which a batch runs on the calling thread:
-// waking the thread pool would cost more than it saves, far more when other processes
-// keep the cores busy.
+// Work (pixels or counts touched) below which a batch runs on the calling thread: waking
+// the thread pool would cost more than it saves, far more when other processes keep the
+// cores busy.
 constexpr int64_t kParallelWork = int64_t{1} << 20;
+// The same for counts strings: parsing costs ~2 ns per character, so 64K characters
+// already gain from a second thread.
+constexpr int64_t kParallelChars = int64_t{1} << 16;
 
 // Grain size for at::parallel_for over n items that do `work` in total.
-int64_t grain(int64_t n, int64_t work) {
-  return work < kParallelWork ? std::max<int64_t>(n, 1) : 1;
+int64_t grain(int64_t n, int64_t work, int64_t threshold = kParallelWork) {
+  return work < threshold ? std::max<int64_t>(n, 1) : 1;
 }
 
 // Runs item(i) -> problem ("" when fine), in parallel when `work` is large enough; raises
 // the lowest-index problem.
 template <typename Item>
-void for_each_item(int64_t n, int64_t work, const char* label, const Item& item) {
+void for_each_item(int64_t n, int64_t work, int64_t threshold, const char* label,
+                   const Item& item) {
   std::vector<std::string> problems(n);
-  at::parallel_for(0, n, grain(n, work), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n, grain(n, work, threshold), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) problems[i] = item(i);
   });
   for (int64_t i = 0; i < n; ++i) {
@@ -103,7 +107,7 @@ std::string parse(const Strings& s, int64_t i, int64_t h, int64_t w, Counts& cou
 std::vector<Counts> parse_all(const Strings& s, const at::Tensor& sizes, const char* label) {
   std::vector<Counts> all(s.size());
   const int64_t* hw = sizes.const_data_ptr<int64_t>();
-  for_each_item(s.size(), s.chars.numel(), label,
+  for_each_item(s.size(), s.chars.numel(), kParallelChars, label,
                 [&](int64_t i) { return parse(s, i, hw[2 * i], hw[2 * i + 1], all[i]); });
   return all;
 }
@@ -137,12 +141,15 @@ std::tuple<at::Tensor, at::Tensor> rle_encode(const at::Tensor& masks) {
   std::vector<std::string> strings(n);
   at::parallel_for(0, n, grain(n, n * h * w), [&](int64_t begin, int64_t end) {
     static thread_local rle::EncodeScratch scratch;
-    static thread_local Counts counts;
+    static thread_local std::vector<char> text;  // grows only, like scratch
     for (int64_t i = begin; i < end; ++i) {
       const rle::MaskView view{base + i * masks.stride(0), h, w, masks.stride(1),
-                               masks.stride(2), masks.scalar_type() == at::kBool};
-      rle::encode(view, scratch, counts);
-      rle::compress(counts.data(), static_cast<int64_t>(counts.size()), strings[i]);
+                               masks.stride(2)};
+      const int64_t num_counts = rle::encode(view, scratch);
+      const auto capacity = static_cast<size_t>(num_counts * rle::kMaxCharsPerCount);
+      if (text.size() < capacity) text.resize(capacity);
+      strings[i].assign(text.data(),
+                        rle::compress(scratch.counts.data(), num_counts, text.data()));
     }
   });
   return join(strings);
@@ -155,7 +162,7 @@ at::Tensor rle_decode(const at::Tensor& chars, const at::Tensor& offsets, int64_
   TORCH_CHECK_VALUE(problem.empty(), "rle_decode: ", problem);
   at::Tensor masks = at::empty({s.size(), h, w}, at::kByte);
   uint8_t* out = masks.data_ptr<uint8_t>();
-  for_each_item(s.size(), s.size() * h * w, "RLE", [&](int64_t i) {
+  for_each_item(s.size(), s.size() * h * w, kParallelWork, "RLE", [&](int64_t i) {
     static thread_local Counts counts;
     std::string problem = parse(s, i, h, w, counts);
     if (problem.empty()) rle::decode_row_major(counts, h, w, out + i * h * w);
@@ -170,10 +177,11 @@ at::Tensor rle_area(const at::Tensor& chars, const at::Tensor& offsets, const at
   at::Tensor areas = at::empty({s.size()}, at::kLong);
   int64_t* out = areas.data_ptr<int64_t>();
   const int64_t* size = hw.const_data_ptr<int64_t>();
-  for_each_item(s.size(), s.chars.numel(), "RLE", [&](int64_t i) {
-    static thread_local Counts counts;
-    std::string problem = parse(s, i, size[2 * i], size[2 * i + 1], counts);
-    out[i] = problem.empty() ? static_cast<int64_t>(rle::area(counts)) : 0;
+  for_each_item(s.size(), s.chars.numel(), kParallelChars, "RLE", [&](int64_t i) {
+    uint64_t area = 0;
+    std::string problem =
+        rle::area_of_string(s.data(i), s.length(i), size[2 * i], size[2 * i + 1], area);
+    out[i] = static_cast<int64_t>(area);
     return problem;
   });
   return areas;
@@ -186,11 +194,9 @@ at::Tensor rle_to_bbox(const at::Tensor& chars, const at::Tensor& offsets,
   at::Tensor boxes = at::zeros({s.size(), 4}, at::kDouble);
   double* out = boxes.data_ptr<double>();
   const int64_t* size = hw.const_data_ptr<int64_t>();
-  for_each_item(s.size(), s.chars.numel(), "RLE", [&](int64_t i) {
-    static thread_local Counts counts;
-    std::string problem = parse(s, i, size[2 * i], size[2 * i + 1], counts);
-    if (problem.empty()) rle::to_bbox(counts, size[2 * i], size[2 * i + 1], out + 4 * i);
-    return problem;
+  for_each_item(s.size(), s.chars.numel(), kParallelChars, "RLE", [&](int64_t i) {
+    return rle::bbox_of_string(s.data(i), s.length(i), size[2 * i], size[2 * i + 1],
+                               out + 4 * i);
   });
   return boxes;
 }
@@ -286,7 +292,7 @@ std::tuple<at::Tensor, at::Tensor> rle_compress(const at::Tensor& counts,
   const int64_t* o = bounds.const_data_ptr<int64_t>();
   const int64_t n = bounds.numel() - 1;
   std::vector<std::string> strings(n);
-  for_each_item(n, values.numel(), "RLE", [&](int64_t i) -> std::string {
+  for_each_item(n, values.numel(), kParallelWork, "RLE", [&](int64_t i) -> std::string {
     static thread_local Counts narrow;
     narrow.clear();
     for (int64_t k = o[i]; k < o[i + 1]; ++k) {
@@ -306,7 +312,7 @@ std::tuple<at::Tensor, at::Tensor> rle_decompress(const at::Tensor& chars,
                                                   const at::Tensor& offsets) {
   const Strings s = check_strings("rle_decompress", chars, offsets);
   std::vector<Counts> all(s.size());
-  for_each_item(s.size(), s.chars.numel(), "RLE", [&](int64_t i) {
+  for_each_item(s.size(), s.chars.numel(), kParallelChars, "RLE", [&](int64_t i) {
     return rle::decompress(s.data(i), s.length(i), all[i]);
   });
   at::Tensor counts_offsets = at::empty({s.size() + 1}, at::kLong);

@@ -4,7 +4,7 @@
 // canonical counts, on which pycocotools' walks are correct.
 #include <algorithm>
 
-#include "rle/rle.h"
+#include "rle/counts_parser.h"
 
 namespace sam_lightning::rle {
 
@@ -14,44 +14,119 @@ uint64_t area(const Counts& counts) {
   return total;
 }
 
-// pycocotools' rleToBbox, quirks included:
+std::string area_of_string(const uint8_t* chars, int64_t length, int64_t h, int64_t w,
+                           uint64_t& area) {
+  uint64_t total = 0, foreground = 0;
+  bool odd = false;  // whether the next count is a foreground run
+  std::string problem = parser::parse_counts(chars, length, [&](Count c) {
+    total += c;
+    foreground += odd ? c : 0;
+    odd = !odd;
+  });
+  if (problem.empty()) problem = check_total(total, h, w);
+  area = foreground;
+  return problem;
+}
+
+namespace {
+
+// pycocotools' rleToBbox, quirks included, fed with (background, foreground) pairs:
 //  * the number of counts is rounded down to even (a trailing background run is ignored);
 //  * zero-length foreground runs are skipped, so when every foreground run is empty (but
 //    there are at least two counts) nothing updates the initial box [w, h] .. [0, 0] and
 //    the width and height wrap around in uint32 (0 - w + 1);
 //  * when a foreground run starts in one column and ends in a later one, the box spans the
 //    full height (the run wraps around the bottom of the column).
-void to_bbox(const Counts& counts, int64_t h, int64_t w, double box[4]) {
-  const uint32_t height = static_cast<uint32_t>(h);
-  const size_t num = counts.size() / 2 * 2;
-  if (num == 0) {
-    box[0] = box[1] = box[2] = box[3] = 0;
-    return;
-  }
-  uint32_t xs = static_cast<uint32_t>(w), ys = height, xe = 0, ye = 0;
-  uint32_t cumulative = 0, x_start = 0;
-  for (size_t j = 0; j < num; ++j) {
-    cumulative += counts[j];
-    if (counts[j | 1] == 0) continue;  // j | 1: the foreground run of this pair
-    // Even j: first pixel of a foreground run; odd j: its last pixel.
-    const uint32_t t = cumulative - static_cast<uint32_t>(j % 2);
-    const uint32_t y = t % height;
-    const uint32_t x = (t - y) / height;
-    if (j % 2 == 0) {
-      x_start = x;
-    } else if (x_start < x) {
-      ys = 0;
-      ye = height - 1;
+// Instead of dividing every pixel index by the height, the column of the last point is
+// kept and moved forward (points come in increasing order for valid counts; any order
+// gives some box, which callers discard along with invalid counts).
+class BoxBuilder {
+ public:
+  BoxBuilder(int64_t h, int64_t w)
+      : height_(static_cast<uint32_t>(h)), xs_(static_cast<uint32_t>(w)), ys_(height_) {}
+
+  void add_pair(Count background, Count foreground) {
+    any_pair_ = true;
+    cumulative_ += background;
+    if (foreground == 0) return;
+    uint32_t x, y;
+    locate(cumulative_, x, y);  // first pixel of the run
+    const uint32_t x_start = x;
+    include(x, y);
+    cumulative_ += foreground;
+    locate(cumulative_ - 1, x, y);  // last pixel
+    if (x_start < x) {
+      ys_ = 0;
+      ye_ = height_ - 1;
     }
-    xs = std::min(xs, x);
-    xe = std::max(xe, x);
-    ys = std::min(ys, y);
-    ye = std::max(ye, y);
+    include(x, y);
   }
-  box[0] = xs;
-  box[2] = static_cast<uint32_t>(xe - xs + 1);
-  box[1] = ys;
-  box[3] = static_cast<uint32_t>(ye - ys + 1);
+
+  void finish(double box[4]) const {
+    if (!any_pair_) {
+      box[0] = box[1] = box[2] = box[3] = 0;
+      return;
+    }
+    box[0] = xs_;
+    box[2] = static_cast<uint32_t>(xe_ - xs_ + 1);
+    box[1] = ys_;
+    box[3] = static_cast<uint32_t>(ye_ - ys_ + 1);
+  }
+
+ private:
+  // Column x and row y of pixel t (uint32 arithmetic, as pycocotools).
+  void locate(uint32_t t, uint32_t& x, uint32_t& y) {
+    uint32_t offset = t - column_start_;
+    if (offset >= height_) {  // t is in a later column (or, for invalid counts, earlier)
+      if (t >= column_start_ && offset < 2 * static_cast<uint64_t>(height_)) {
+        ++column_;
+        column_start_ += height_;
+      } else {
+        column_ = t / height_;
+        column_start_ = column_ * height_;
+      }
+      offset = t - column_start_;
+    }
+    x = column_;
+    y = offset;
+  }
+
+  void include(uint32_t x, uint32_t y) {
+    xs_ = std::min(xs_, x);
+    xe_ = std::max(xe_, x);
+    ys_ = std::min(ys_, y);
+    ye_ = std::max(ye_, y);
+  }
+
+  uint32_t height_, xs_, ys_, xe_ = 0, ye_ = 0;
+  uint32_t cumulative_ = 0;
+  uint32_t column_ = 0, column_start_ = 0;  // column_start_ = column_ * height_
+  bool any_pair_ = false;
+};
+
+}  // namespace
+
+void to_bbox(const Counts& counts, int64_t h, int64_t w, double box[4]) {
+  BoxBuilder box_builder(h, w);
+  for (size_t j = 0; j + 1 < counts.size(); j += 2) box_builder.add_pair(counts[j], counts[j + 1]);
+  box_builder.finish(box);
+}
+
+std::string bbox_of_string(const uint8_t* chars, int64_t length, int64_t h, int64_t w,
+                           double box[4]) {
+  BoxBuilder box_builder(h, w);
+  uint64_t total = 0;
+  Count background = 0;
+  bool odd = false;  // whether the next count is a foreground run
+  std::string problem = parser::parse_counts(chars, length, [&](Count c) {
+    total += c;
+    if (odd) box_builder.add_pair(background, c);
+    background = c;
+    odd = !odd;
+  });
+  if (problem.empty()) problem = check_total(total, h, w);
+  if (problem.empty()) box_builder.finish(box);
+  return problem;
 }
 
 void canonicalize(Counts& counts) {
