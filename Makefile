@@ -32,6 +32,7 @@ demo: install  ## the main job: segment a demo image from the command line
 
 test: install  ## the default test run (what CI runs first)
 	$(PY) tools/collect_env.py
+	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: install  ## the slow tests (full-size models)

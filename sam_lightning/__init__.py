@@ -21,7 +21,18 @@ _LAZY_ATTRIBUTES = {
 }
 _LAZY_MODULES = ("ops", "modeling", "inference")
 
-__all__ = ["__version__", *_LAZY_ATTRIBUTES, *_LAZY_MODULES]
+__all__ = [
+    "__version__",
+    "Sam",
+    "SamPredictor",
+    "build_sam",
+    "inference",
+    "load_checkpoint",
+    "modeling",
+    "ops",
+    "sam_model_registry",
+    "save_checkpoint",
+]
 
 if TYPE_CHECKING:
     from sam_lightning import inference, modeling, ops

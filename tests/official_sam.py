@@ -34,6 +34,8 @@ def import_official() -> ModuleType:
     finally:
         sys.path.remove(_SHIMS)
         if not had_torchvision:
-            for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            for name in [
+                m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")
+            ]:
                 del sys.modules[name]
     return sys.modules["segment_anything"]

@@ -105,7 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         (f"predict_torch, {args.boxes} boxes", "s", 1.0,
          lambda p: p.predict_torch(None, None, boxes, multimask_output=True)),
     ]:
-        times = [best_time(lambda p=p: run(p), args.repeats) * scale for p in (reference, ours)]
+        times = [
+            best_time(lambda p=p, r=run: r(p), args.repeats) * scale for p in (reference, ours)
+        ]
         rows.append((f"`{name}` ({unit})", *times, times[1] / times[0]))
 
     print(f"{args.model_type}, image {height}x{width}, {torch.get_num_threads()} threads, "

@@ -80,13 +80,33 @@ def bench_case(label: str, masks: np.ndarray, repeats: int) -> list[tuple]:
 
     rows = [
         ("encode, row-major N×H×W", coco_from_row_major, lambda: ops.rle_encode(tensor), n),
-        ("encode, Fortran input", lambda: coco.encode(fortran), lambda: ops.rle_encode(fortran_view), n),
-        ("encode, Fortran (ref) vs row-major (ours)", lambda: coco.encode(fortran), lambda: ops.rle_encode(tensor), n),
+        (
+            "encode, Fortran input",
+            lambda: coco.encode(fortran),
+            lambda: ops.rle_encode(fortran_view),
+            n,
+        ),
+        (
+            "encode, Fortran (ref) vs row-major (ours)",
+            lambda: coco.encode(fortran),
+            lambda: ops.rle_encode(tensor),
+            n,
+        ),
         ("decode to row-major N×H×W", coco_decode_row_major, lambda: ops.rle_decode(rles), n),
-        ("decode (ref: bare Fortran decode)", lambda: coco.decode(rles), lambda: ops.rle_decode(rles), n),
+        (
+            "decode (ref: bare Fortran decode)",
+            lambda: coco.decode(rles),
+            lambda: ops.rle_decode(rles),
+            n,
+        ),
         ("area", lambda: coco.area(rles), lambda: ops.rle_area(rles), n),
         ("toBbox", lambda: coco.toBbox(rles), lambda: ops.rle_to_bbox(rles), n),
-        (f"iou {pairs}×{pairs} (per pair)", lambda: coco.iou(dt, gt, crowd), lambda: ops.rle_iou(dt, gt, crowd), pairs * pairs),
+        (
+            f"iou {pairs}×{pairs} (per pair)",
+            lambda: coco.iou(dt, gt, crowd),
+            lambda: ops.rle_iou(dt, gt, crowd),
+            pairs * pairs,
+        ),
     ]
     results = []
     for name, reference, ours, count in rows:

@@ -27,6 +27,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "build_sam",
     "build_sam_custom",
+    "sam_model_registry",
     "load_checkpoint",
     "load_state_dict_file",
     "save_checkpoint",

@@ -17,7 +17,9 @@ import torch
 
 DISABLE_ENV = "SAM_LIGHTNING_DISABLE_EXTENSION"
 NAMESPACE = "sam_lightning"
-_REBUILD_HINT = "rebuild it with `pip install --no-build-isolation -e .` (see README, Troubleshooting)"
+_REBUILD_HINT = (
+    "rebuild it with `pip install --no-build-isolation -e .` (see README, Troubleshooting)"
+)
 
 
 def _base_version(version: str) -> str:

@@ -112,7 +112,9 @@ def _decompress(text: np.ndarray) -> tuple[np.ndarray, str]:
                 "(COCO counts use ASCII 48-111, '0'-'o')"
             )
         start = cut - _MAX_GROUPS
-        return counts, f"count value starting at position {start} overflows (more than 7 characters)"
+        return counts, (
+            f"count value starting at position {start} overflows (more than 7 characters)"
+        )
     if n and groups[-1] & 0x20:
         return counts, (
             f"truncated counts string: the last character (position {n - 1}) has the "

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from official_sam import import_official
 
-
 #: 320-pixel input -> 20×20 tokens: windows of 7 need padding (to 21); block 1 is global.
 SMALL = {
     "encoder_embed_dim": 64,

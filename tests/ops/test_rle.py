@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from backends import each_backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as coco
+from rle_masks import blobs, noise, to_fortran
 
 from sam_lightning import ops
-from backends import each_backend
-from rle_masks import blobs, noise, to_fortran
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools on NumPy 2
 
@@ -48,7 +48,9 @@ def edge_masks() -> dict[str, np.ndarray]:
         "blobs_64x48": blobs(rng, 4, 64, 48),
         "noise_31x17": noise(rng, 3, 31, 17),
         "long_runs_300x300": np.ones((1, 300, 300), np.uint8),
-        "long_runs_hole": np.pad(np.zeros((1, 1, 1), np.uint8), ((0, 0), (150, 149), (99, 200)), constant_values=1),
+        "long_runs_hole": np.pad(
+            np.zeros((1, 1, 1), np.uint8), ((0, 0), (150, 149), (99, 200)), constant_values=1
+        ),
     }
 
 
@@ -130,15 +132,19 @@ def test_random_masks_match_pycocotools(n, h, w, p, seed):
             assert ops.rle_encode(masks) == reference
             np.testing.assert_array_equal(ops.rle_decode(reference).numpy(), masks)
             np.testing.assert_array_equal(ops.rle_area(reference).numpy(), coco.area(reference))
-            np.testing.assert_array_equal(ops.rle_to_bbox(reference).numpy(), coco.toBbox(reference))
+            np.testing.assert_array_equal(
+                ops.rle_to_bbox(reference).numpy(), coco.toBbox(reference)
+            )
 
 
 def test_decode_accepts_str_and_uncompressed_counts(backend):
     masks = EDGE["blobs_64x48"]
     reference = coco_encode(masks)
     as_str = [{"size": r["size"], "counts": r["counts"].decode()} for r in reference]
-    raw = [{"size": r["size"], "counts": coco_counts} for r, coco_counts in
-           zip(reference, (ops.rle_decompress(r["counts"]) for r in reference))]
+    raw = [
+        {"size": r["size"], "counts": coco_counts}
+        for r, coco_counts in zip(reference, (ops.rle_decompress(r["counts"]) for r in reference))
+    ]
     for rles in (as_str, raw, tuple(raw)):
         np.testing.assert_array_equal(ops.rle_decode(rles).numpy(), masks)
     single = ops.rle_decode(reference[1])
@@ -191,7 +197,9 @@ def test_iou_disjoint_and_empty(backend):
 def test_iou_size_mismatch_raises(backend):
     a = coco_encode(EDGE["odd_13x7"][:1])
     b = coco_encode(EDGE["blobs_64x48"][:1])
-    with pytest.raises(ValueError, match=r"dt RLE 0 has size \[13, 7\] but gt RLE 0 has size \[64, 48\]"):
+    with pytest.raises(
+        ValueError, match=r"dt RLE 0 has size \[13, 7\] but gt RLE 0 has size \[64, 48\]"
+    ):
         ops.rle_iou(a, b, [0])
 
 
@@ -233,7 +241,9 @@ def test_non_canonical_counts(backend):
         crowd = rng.integers(0, 2, len(gt)).tolist()
         np.testing.assert_array_equal(ops.rle_area(dt).numpy(), coco.area(dt))
         np.testing.assert_array_equal(ops.rle_to_bbox(dt).numpy(), coco.toBbox(dt))
-        np.testing.assert_array_equal(ops.rle_decode(dt).numpy(), coco.decode(dt).transpose(2, 0, 1))
+        np.testing.assert_array_equal(
+            ops.rle_decode(dt).numpy(), coco.decode(dt).transpose(2, 0, 1)
+        )
         prefilter = coco.iou(coco.toBbox(dt), coco.toBbox(gt), crowd) > 0
         expected = np.where(prefilter, coco.iou(canonical(dt), canonical(gt), crowd), 0)
         np.testing.assert_array_equal(ops.rle_iou(dt, gt, crowd).numpy(), expected)

@@ -32,13 +32,33 @@ MALFORMED = [
     ("truncated", [rle(b"2P")], r"truncated counts string: the last character \(position 1\)"),
     ("too_many_groups", [rle(b"PPPPPPP0")], r"count value starting at position 0 overflows"),
     ("negative_after_delta", [rle(b"111K")], r"negative count -4 at index 3 after delta decoding"),
-    ("above_32_bits", [rle(counts_string([2**33]))], r"count 8589934592 at index 0 overflows 32 bits"),
-    ("sum_too_large", [rle(counts_string([1000]), (20, 40))], r"counts sum to 1000 but size 20x40 has 800 pixels"),
-    ("sum_too_small", [rle(counts_string([3, 4]), (3, 3))], r"counts sum to 7 but size 3x3 has 9 pixels"),
+    (
+        "above_32_bits",
+        [rle(counts_string([2**33]))],
+        r"count 8589934592 at index 0 overflows 32 bits",
+    ),
+    (
+        "sum_too_large",
+        [rle(counts_string([1000]), (20, 40))],
+        r"counts sum to 1000 but size 20x40 has 800 pixels",
+    ),
+    (
+        "sum_too_small",
+        [rle(counts_string([3, 4]), (3, 3))],
+        r"counts sum to 7 but size 3x3 has 9 pixels",
+    ),
     ("empty_counts", [rle(b"")], r"counts sum to 0 but size 2x2 has 4 pixels"),
-    ("zero_size", [rle(b"", (0, 5))], r"RLE 0: invalid size \[0, 5\]: height and width must be positive"),
+    (
+        "zero_size",
+        [rle(b"", (0, 5))],
+        r"RLE 0: invalid size \[0, 5\]: height and width must be positive",
+    ),
     ("negative_size", [GOOD, rle(b"4", (-1, 5))], r"RLE 1: invalid size \[-1, 5\]"),
-    ("huge_size", [rle(b"4", (70000, 70000))], r"size \[70000, 70000\] has more pixels than 32-bit"),
+    (
+        "huge_size",
+        [rle(b"4", (70000, 70000))],
+        r"size \[70000, 70000\] has more pixels than 32-bit",
+    ),
     ("missing_size", [{"counts": b"4"}], r"RLE 0: missing 'size'"),
     ("missing_counts", [GOOD, {"size": [2, 2]}], r"RLE 1: missing 'counts'"),
     ("size_not_pair", [rle(b"4", (2, 2, 1))], r"RLE 0: 'size' must be \[height, width\]"),
@@ -66,7 +86,10 @@ def test_malformed_rles_in_iou_name_the_side(backend):
         ops.rle_iou([GOOD], [GOOD, rle(b"1{")], [0, 0])
     with pytest.raises(ValueError, match=r"^dt RLE 0: missing 'counts'"):
         ops.rle_iou([{"size": [2, 2]}], [GOOD], [0])
-    with pytest.raises(ValueError, match=r"iscrowd must be a 1-D bool or uint8 tensor with one flag per gt RLE \(2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"iscrowd must be a 1-D bool or uint8 tensor with one flag per gt RLE \(2\)",
+    ):
         ops.rle_iou([GOOD], [GOOD, GOOD], [0])
 
 
@@ -75,7 +98,10 @@ def test_malformed_rles_in_iou_name_the_side(backend):
     [
         (torch.zeros((2, 3, 4)), r"rle_encode: masks must be bool or uint8, got Float"),
         (np.zeros((2, 3, 4), np.int32), r"rle_encode: masks must be bool or uint8, got Int"),
-        (torch.zeros((1, 2, 3, 4), dtype=torch.bool), r"masks must be H x W or N x H x W, got shape \[1, 2, 3, 4\]"),
+        (
+            torch.zeros((1, 2, 3, 4), dtype=torch.bool),
+            r"masks must be H x W or N x H x W, got shape \[1, 2, 3, 4\]",
+        ),
         (torch.zeros((2, 0, 3), dtype=torch.bool), r"rle_encode: masks of invalid size \[0, 3\]"),
         ([[0, 1]], r"masks must be a torch.Tensor or numpy.ndarray"),
     ],
@@ -112,24 +138,82 @@ def outcome(kernels, name: str, *args):
 
 U8, I64 = torch.uint8, torch.int64
 TENSOR_ERRORS = [
-    ("rle_area", (torch.zeros(3, dtype=torch.int32), torch.tensor([0, 3]), torch.tensor([[1, 3]])), r"rle_area: chars must be a 1-D uint8 tensor, got 1-D Int"),
-    ("rle_area", (torch.zeros((1, 3), dtype=U8), torch.tensor([0, 3]), torch.tensor([[1, 3]])), r"chars must be a 1-D uint8 tensor, got 2-D Byte"),
-    ("rle_area", (torch.zeros(3, dtype=U8), torch.tensor([0.0, 3.0]), torch.tensor([[1, 3]])), r"offsets must be a 1-D int64 tensor of length N \+ 1, got 1-D Float"),
-    ("rle_area", (torch.zeros(3, dtype=U8), torch.zeros(0, dtype=I64), torch.zeros((0, 2), dtype=I64)), r"with 0 elements"),
-    ("rle_area", (torch.zeros(3, dtype=U8), torch.tensor([0, 4]), torch.tensor([[1, 3]])), r"offsets\[1\] = 4 is outside \[0, 3\]"),
-    ("rle_area", (torch.zeros(3, dtype=U8), torch.tensor([-1, 3]), torch.tensor([[1, 3]])), r"offsets\[0\] = -1 is outside"),
-    ("rle_area", (torch.zeros(3, dtype=U8), torch.tensor([0, 2, 1]), torch.tensor([[1, 3]] * 2)), r"offsets must be non-decreasing, got offsets\[1\] = 2 > offsets\[2\] = 1"),
-    ("rle_area", (torch.zeros(3, dtype=U8), torch.tensor([0, 3]), torch.tensor([1, 3])), r"sizes must be an int64 tensor of shape \(1, 2\), got shape \[2\]"),
-    ("rle_to_bbox", (torch.zeros(3, dtype=U8), torch.tensor([0, 3]), torch.tensor([[1, 3]], dtype=torch.int32)), r"and dtype Int"),
-    ("rle_decode", (torch.tensor([52], dtype=U8), torch.tensor([0, 1]), 0, 4), r"rle_decode: invalid size \[0, 4\]"),
-    ("rle_merge", (torch.zeros(0, dtype=U8), torch.tensor([0]), torch.zeros((0, 2), dtype=I64), False), r"rle_merge: needs at least one RLE"),
-    ("rle_compress", (torch.tensor([1.0]), torch.tensor([0, 1])), r"rle_compress: counts must be a 1-D int64 tensor, got 1-D Float"),
-    ("rle_compress", (torch.tensor([1, 2**33]), torch.tensor([0, 1, 2])), r"RLE 1: count 8589934592 at index 0 overflows 32 bits"),
-    ("rle_compress", (torch.tensor([1, 2]), torch.tensor([0, 3])), r"offsets\[1\] = 3 is outside \[0, 2\]"),
+    (
+        "rle_area",
+        (torch.zeros(3, dtype=torch.int32), torch.tensor([0, 3]), torch.tensor([[1, 3]])),
+        r"rle_area: chars must be a 1-D uint8 tensor, got 1-D Int",
+    ),
+    (
+        "rle_area",
+        (torch.zeros((1, 3), dtype=U8), torch.tensor([0, 3]), torch.tensor([[1, 3]])),
+        r"chars must be a 1-D uint8 tensor, got 2-D Byte",
+    ),
+    (
+        "rle_area",
+        (torch.zeros(3, dtype=U8), torch.tensor([0.0, 3.0]), torch.tensor([[1, 3]])),
+        r"offsets must be a 1-D int64 tensor of length N \+ 1, got 1-D Float",
+    ),
+    (
+        "rle_area",
+        (torch.zeros(3, dtype=U8), torch.zeros(0, dtype=I64), torch.zeros((0, 2), dtype=I64)),
+        r"with 0 elements",
+    ),
+    (
+        "rle_area",
+        (torch.zeros(3, dtype=U8), torch.tensor([0, 4]), torch.tensor([[1, 3]])),
+        r"offsets\[1\] = 4 is outside \[0, 3\]",
+    ),
+    (
+        "rle_area",
+        (torch.zeros(3, dtype=U8), torch.tensor([-1, 3]), torch.tensor([[1, 3]])),
+        r"offsets\[0\] = -1 is outside",
+    ),
+    (
+        "rle_area",
+        (torch.zeros(3, dtype=U8), torch.tensor([0, 2, 1]), torch.tensor([[1, 3]] * 2)),
+        r"offsets must be non-decreasing, got offsets\[1\] = 2 > offsets\[2\] = 1",
+    ),
+    (
+        "rle_area",
+        (torch.zeros(3, dtype=U8), torch.tensor([0, 3]), torch.tensor([1, 3])),
+        r"sizes must be an int64 tensor of shape \(1, 2\), got shape \[2\]",
+    ),
+    (
+        "rle_to_bbox",
+        (torch.zeros(3, dtype=U8), torch.tensor([0, 3]), torch.tensor([[1, 3]], dtype=torch.int32)),
+        r"and dtype Int",
+    ),
+    (
+        "rle_decode",
+        (torch.tensor([52], dtype=U8), torch.tensor([0, 1]), 0, 4),
+        r"rle_decode: invalid size \[0, 4\]",
+    ),
+    (
+        "rle_merge",
+        (torch.zeros(0, dtype=U8), torch.tensor([0]), torch.zeros((0, 2), dtype=I64), False),
+        r"rle_merge: needs at least one RLE",
+    ),
+    (
+        "rle_compress",
+        (torch.tensor([1.0]), torch.tensor([0, 1])),
+        r"rle_compress: counts must be a 1-D int64 tensor, got 1-D Float",
+    ),
+    (
+        "rle_compress",
+        (torch.tensor([1, 2**33]), torch.tensor([0, 1, 2])),
+        r"RLE 1: count 8589934592 at index 0 overflows 32 bits",
+    ),
+    (
+        "rle_compress",
+        (torch.tensor([1, 2]), torch.tensor([0, 3])),
+        r"offsets\[1\] = 3 is outside \[0, 2\]",
+    ),
 ]
 
 
-@pytest.mark.parametrize("name, args, message", TENSOR_ERRORS, ids=[f"{c[0]}-{i}" for i, c in enumerate(TENSOR_ERRORS)])
+@pytest.mark.parametrize(
+    "name, args, message", TENSOR_ERRORS, ids=[f"{c[0]}-{i}" for i, c in enumerate(TENSOR_ERRORS)]
+)
 def test_kernel_argument_errors(name, args, message):
     outcomes = {str(k): outcome(k, name, *args) for k in kernel_backends()}
     for result in outcomes.values():
@@ -139,9 +223,19 @@ def test_kernel_argument_errors(name, args, message):
 
 def test_iou_size_checks_agree():
     chars, offsets = torch.tensor([52], dtype=U8), torch.tensor([0, 1])
-    args = (chars, offsets, torch.tensor([[2, 2]]), chars, offsets, torch.tensor([[1, 4]]), torch.zeros(1, dtype=U8))
+    args = (
+        chars,
+        offsets,
+        torch.tensor([[2, 2]]),
+        chars,
+        offsets,
+        torch.tensor([[1, 4]]),
+        torch.zeros(1, dtype=U8),
+    )
     outcomes = {outcome(k, "rle_iou", *args) for k in kernel_backends()}
-    assert outcomes == {"ValueError: rle_iou: dt RLE 0 has size [2, 2] but gt RLE 0 has size [1, 4]"}
+    assert outcomes == {
+        "ValueError: rle_iou: dt RLE 0 has size [2, 2] but gt RLE 0 has size [1, 4]"
+    }
 
 
 def test_random_bytes_fuzz():
