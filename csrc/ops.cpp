@@ -29,4 +29,29 @@ TORCH_LIBRARY(sam_lightning, m) {
   m.def("rle_compress(Tensor counts, Tensor offsets) -> (Tensor chars, Tensor offsets)");
   // Counts strings to counts (int64, concatenated) and their offsets.
   m.def("rle_decompress(Tensor chars, Tensor offsets) -> (Tensor counts, Tensor offsets)");
+
+  // ---- Post-processing of the automatic mask generator ----
+  // Results identical to segment_anything.utils.amg, torchvision's CPU NMS and OpenCV's
+  // 8-connected labelling; see sam_lightning/ops/postprocess.py. Masks are bool/uint8
+  // (nonzero = foreground), any strides; bad inputs raise ValueError.
+
+  // count(logits > t + offset) / count(logits > t - offset) over the last two dims of
+  // float32/float64/float16/bfloat16 logits [..., H, W], compared in the logits' dtype:
+  // float32 [...], as the official calculate_stability_score (0 / 0 = NaN).
+  m.def("stability_score(Tensor logits, float mask_threshold, float threshold_offset) -> Tensor");
+  // XYXY boxes (inclusive) of masks [..., H, W]: int64 [..., 4], zeros for empty masks.
+  m.def("masks_to_boxes(Tensor masks) -> Tensor");
+  // Indices (int64) kept by torchvision's NMS of float32/float64 XYXY boxes (N, 4) and
+  // floating scores (N,), in order of decreasing score (stable).
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  // NMS within each category of int64 idxs (N,): kept indices by decreasing score (stable).
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+  // 8-connected labels of masks [N, H, W] or [H, W] as OpenCV numbers them: int32 labels of
+  // the same shape and int64 label counts (background included) [N] or [].
+  m.def("connected_components(Tensor masks) -> (Tensor labels, Tensor num_labels)");
+  // The official remove_small_regions on each mask of [N, H, W] or [H, W]; mode "holes" or
+  // "islands". Returns bool masks of the same shape and bool `changed` [N] or [].
+  m.def(
+      "remove_small_regions(Tensor masks, float area_thresh, str mode) -> "
+      "(Tensor masks_out, Tensor changed)");
 }

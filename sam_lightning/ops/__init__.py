@@ -10,6 +10,14 @@ from sam_lightning.ops._extension import HAS_EXTENSION, LOAD_ERROR
 if HAS_EXTENSION:
     from sam_lightning.ops import _fake  # noqa: F401  (registers the fake kernels)
 
+from sam_lightning.ops.postprocess import (
+    batched_nms,
+    connected_components,
+    masks_to_boxes,
+    nms,
+    remove_small_regions,
+    stability_score,
+)
 from sam_lightning.ops.rle import (
     rle_area,
     rle_compress,
@@ -24,6 +32,12 @@ from sam_lightning.ops.rle import (
 __all__ = [
     "HAS_EXTENSION",
     "LOAD_ERROR",
+    "batched_nms",
+    "connected_components",
+    "masks_to_boxes",
+    "nms",
+    "remove_small_regions",
+    "stability_score",
     "rle_area",
     "rle_compress",
     "rle_decode",

@@ -59,3 +59,48 @@ def _rle_compress(counts, offsets):
 @register_fake("sam_lightning::rle_decompress")
 def _rle_decompress(chars, offsets):
     return _dynamic_1d(chars, torch.int64), torch.empty_like(offsets)
+
+
+# ---- post-processing ----
+# An extension built before these operators existed lacks them (the public functions then use
+# the reference implementations): register their fake kernels only when they are defined.
+
+
+def _register_if_defined(name: str):
+    if hasattr(torch.ops.sam_lightning, name.split("::")[1]):
+        return register_fake(name)
+    return lambda fake: fake
+
+
+@_register_if_defined("sam_lightning::stability_score")
+def _stability_score(logits, mask_threshold, threshold_offset):
+    return logits.new_empty(logits.shape[:-2], dtype=torch.float32)
+
+
+@_register_if_defined("sam_lightning::masks_to_boxes")
+def _masks_to_boxes(masks):
+    return masks.new_empty((*masks.shape[:-2], 4), dtype=torch.int64)
+
+
+@_register_if_defined("sam_lightning::nms")
+def _nms(boxes, scores, iou_threshold):
+    return _dynamic_1d(boxes, torch.int64)
+
+
+@_register_if_defined("sam_lightning::batched_nms")
+def _batched_nms(boxes, scores, idxs, iou_threshold):
+    return _dynamic_1d(boxes, torch.int64)
+
+
+@_register_if_defined("sam_lightning::connected_components")
+def _connected_components(masks):
+    return masks.new_empty(masks.shape, dtype=torch.int32), masks.new_empty(
+        masks.shape[:-2], dtype=torch.int64
+    )
+
+
+@_register_if_defined("sam_lightning::remove_small_regions")
+def _remove_small_regions(masks, area_thresh, mode):
+    return masks.new_empty(masks.shape, dtype=torch.bool), masks.new_empty(
+        masks.shape[:-2], dtype=torch.bool
+    )

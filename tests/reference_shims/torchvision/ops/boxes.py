@@ -10,7 +10,7 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64)
-    order = scores.sort(0, descending=True)[1]
+    order = scores.sort(stable=True, dim=0, descending=True)[1]  # as torchvision's CPU kernel
     x1, y1, x2, y2 = boxes.unbind(1)
     areas = (x2 - x1) * (y2 - y1)
     suppressed = torch.zeros(boxes.shape[0], dtype=torch.bool)
@@ -26,7 +26,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
         yy2 = torch.minimum(y2[i], y2[rest])
         inter = (xx2 - xx1).clamp(min=0) * (yy2 - yy1).clamp(min=0)
         iou = inter / (areas[i] + areas[rest] - inter)
-        suppressed[rest[iou > iou_threshold]] = True
+        suppressed[rest[iou.double() > iou_threshold]] = True  # torchvision compares in double
     return torch.tensor(keep, dtype=torch.int64)
 
 
