@@ -1,6 +1,7 @@
 """sam_lightning: training, evaluation and fast operators for Segment Anything (SAM).
 
-Public API: :func:`build_sam`, :class:`SamPredictor` and :mod:`sam_lightning.ops`.
+Public API: :func:`build_sam`, :class:`SamPredictor`, :class:`SamAutomaticMaskGenerator` and
+:mod:`sam_lightning.ops`.
 Heavy submodules are imported on first use, so ``import sam_lightning`` stays cheap.
 """
 
@@ -16,6 +17,7 @@ _LAZY_ATTRIBUTES = {
     "sam_model_registry": "sam_lightning.modeling.build",
     "Sam": "sam_lightning.modeling.sam",
     "SamPredictor": "sam_lightning.inference.predictor",
+    "SamAutomaticMaskGenerator": "sam_lightning.inference.automatic",
     "load_checkpoint": "sam_lightning.modeling.checkpoint",
     "save_checkpoint": "sam_lightning.modeling.checkpoint",
 }
@@ -24,6 +26,7 @@ _LAZY_MODULES = ("ops", "modeling", "inference")
 __all__ = [
     "__version__",
     "Sam",
+    "SamAutomaticMaskGenerator",
     "SamPredictor",
     "build_sam",
     "inference",
@@ -36,6 +39,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from sam_lightning import inference, modeling, ops
+    from sam_lightning.inference.automatic import SamAutomaticMaskGenerator
     from sam_lightning.inference.predictor import SamPredictor
     from sam_lightning.modeling.build import build_sam, sam_model_registry
     from sam_lightning.modeling.checkpoint import load_checkpoint, save_checkpoint

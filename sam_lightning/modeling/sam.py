@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,9 +72,18 @@ class Sam(nn.Module):
     ) -> Tensor:
         """Upscales ``B×C×h×w`` mask logits to the padded input, crops the padding
         (``input_size``, the resized image's ``(H, W)``) and resizes to ``original_size``."""
-        masks = F.interpolate(
-            masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False
-        )
+        # Upscale only the low-resolution rows and columns that reach the unpadded input:
+        # the padded ``img_size`` square would be cropped away anyway. Keeping one more
+        # row/column than the input covers leaves every bilinear weight and index as in the
+        # full upscaling (same scale factor), so the values are bitwise the same.
+        low_h, low_w = masks.shape[-2:]
+        size = (self.img_size, self.img_size)
+        if self.img_size % low_h == 0 and self.img_size % low_w == 0:
+            scale_h, scale_w = self.img_size // low_h, self.img_size // low_w
+            rows = min(low_h, math.ceil(input_size[0] / scale_h) + 1)
+            cols = min(low_w, math.ceil(input_size[1] / scale_w) + 1)
+            masks, size = masks[..., :rows, :cols], (rows * scale_h, cols * scale_w)
+        masks = F.interpolate(masks, size, mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
         return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
 

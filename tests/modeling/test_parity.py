@@ -8,6 +8,8 @@ import pytest
 import torch
 from sam_test_models import SMALL
 
+from sam_lightning.modeling.build import build_sam
+
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 SIZE = SMALL["image_size"]
 LOW_RES = 4 * (SIZE // 16)
@@ -213,3 +215,15 @@ def test_preprocess_rejects_images_larger_than_input(small_pair):
     _, ours = small_pair
     with pytest.raises(ValueError, match="exceeds the input size 320"):
         ours.preprocess(torch.zeros(3, 321, 100))
+
+
+@pytest.mark.parametrize("input_size", [(256, 256), (171, 256), (256, 1), (3, 200), (255, 254)])
+def test_postprocess_masks_is_bitwise_the_full_upscaling(input_size):
+    """Upscaling only the rows/columns that reach the input equals upscaling everything."""
+    model = build_sam("vit_tiny", image_size=256)
+    low_res = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    original = (input_size[0] * 3 + 1, input_size[1] * 2 + 5)
+    full = torch.nn.functional.interpolate(low_res, (256, 256), mode="bilinear")
+    full = full[..., : input_size[0], : input_size[1]]
+    expected = torch.nn.functional.interpolate(full, original, mode="bilinear")
+    assert torch.equal(model.postprocess_masks(low_res, input_size, original), expected)
