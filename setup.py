@@ -3,15 +3,41 @@
 CPU kernels are always built. CUDA kernels (``csrc/**/*.cu``) are added when a CUDA build of
 torch and a CUDA toolkit are present, or when ``FORCE_CUDA=1``. Build without isolation so
 pip uses the torch already installed: ``pip install --no-build-isolation -e .``.
+
+Wheels also ship the Hydra configs of ``conf/`` as ``sam_lightning/conf/`` (see
+``sam_lightning/_config.py``); editable installs read ``conf/`` in place.
 """
 
 import os
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
 CSRC = ROOT / "csrc"
+CONF = ROOT / "conf"
+
+
+class BuildPyWithConfigs(build_py):
+    """build_py that also copies ``conf/**/*.yaml`` to ``sam_lightning/conf/`` (not for
+    editable installs, which find ``conf/`` in the checkout)."""
+
+    def _configs(self):
+        if getattr(self, "editable_mode", False):
+            return []
+        target_dir = Path(self.build_lib, "sam_lightning", "conf")
+        return [(src, target_dir / src.relative_to(CONF)) for src in sorted(CONF.rglob("*.yaml"))]
+
+    def run(self):
+        super().run()
+        for source, target in self._configs():
+            self.mkpath(str(target.parent))
+            self.copy_file(str(source), str(target))
+
+    def get_outputs(self, include_bytecode=True):
+        configs = [str(target) for _, target in self._configs()]
+        return super().get_outputs(include_bytecode) + configs
 
 
 def _sources(pattern: str) -> list[str]:
@@ -56,7 +82,10 @@ def _extensions():
 def _cmdclass():
     from torch.utils.cpp_extension import BuildExtension
 
-    return {"build_ext": BuildExtension.with_options(use_ninja=_has_ninja())}
+    return {
+        "build_ext": BuildExtension.with_options(use_ninja=_has_ninja()),
+        "build_py": BuildPyWithConfigs,
+    }
 
 
 def _has_ninja() -> bool:

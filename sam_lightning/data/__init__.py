@@ -1,0 +1,38 @@
+"""Datasets and annotation files.
+
+:mod:`sam_lightning.data.sa1b`: the SA-1B layout (one JSON file of RLE masks per image),
+read by :class:`SA1BDataset` from directories, the extracted release or its ``.tar``
+archives, and written by the data engine (``python -m sam_lightning.amg``).
+"""
+
+from sam_lightning.data.sa1b import (
+    SA1BDataset,
+    SA1BFormatError,
+    SA1BSample,
+    UnreadableImageError,
+    annotation_id,
+    decode_image,
+    decode_masks,
+    make_sa1b_document,
+    read_image,
+    read_sa1b_json,
+    sa1b_image_id,
+    validate_sa1b_document,
+    write_sa1b_json,
+)
+
+__all__ = [
+    "SA1BDataset",
+    "SA1BFormatError",
+    "SA1BSample",
+    "UnreadableImageError",
+    "annotation_id",
+    "decode_image",
+    "decode_masks",
+    "make_sa1b_document",
+    "read_image",
+    "read_sa1b_json",
+    "sa1b_image_id",
+    "validate_sa1b_document",
+    "write_sa1b_json",
+]
