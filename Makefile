@@ -10,7 +10,7 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name 
 EXTENSION_STAMP := $(VENV)/.extension-built
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench env clean
+.PHONY: install demo demo-amg test test-slow bench env clean
 
 $(VENV)/.deps-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: install  ## the main job: segment a demo image from the command line
 	$(PY) -m sam_lightning.segment demo_output/scene.png --model-type vit_b \
 		--box 70,70,250,250 --box 330,80,580,230 --box 400,290,600,430 --output demo_output/masks
 
+demo-amg: install  ## the data engine on the demo scene (random weights: thresholds 0)
+	$(PY) tools/make_demo_image.py demo_output/scene.png
+	$(PY) -m sam_lightning.amg input=demo_output/scene.png output=demo_output/amg model.type=vit_b \
+		amg.points_per_side=16 amg.pred_iou_thresh=0 amg.stability_score_thresh=0
+
 test: install  ## the default test run (what CI runs first)
 	$(PY) tools/collect_env.py
 	$(PY) -m ruff check .
@@ -41,6 +46,8 @@ test-slow: install  ## the slow tests (full-size models)
 bench: install  ## speed against the references; figures go to docs/benchmarks.md
 	$(PY) tools/bench_rle.py
 	$(PY) tools/bench_predictor.py
+	$(PY) tools/bench_postprocess.py
+	$(PY) tools/bench_amg.py
 
 env: install  ## report versions and which compiled kernels are available
 	$(PY) tools/collect_env.py

@@ -103,22 +103,35 @@ class MaskDecoder(nn.Module):
         output_tokens = output_tokens.unsqueeze(0).expand(num_prompts, -1, -1)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
 
-        src = gather_image_embeddings(image_embeddings, num_prompts, image_index)
-        src = src + dense_prompt_embeddings
-        b, c, h, w = src.shape
+        if _is_shared(image_embeddings, image_index) and _is_shared(dense_prompt_embeddings):
+            # Every prompt sees the same image tokens: the transformer's first block then
+            # projects them once for all prompts instead of once per prompt.
+            src = image_embeddings[:1] + dense_prompt_embeddings[:1]
+        else:
+            src = gather_image_embeddings(image_embeddings, num_prompts, image_index)
+            src = src + dense_prompt_embeddings
+        _, c, h, w = src.shape
 
         hs, src_tokens = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
-        upscaled = self.output_upscaling(src_tokens.transpose(1, 2).reshape(b, c, h, w))
+        src_tokens = src_tokens.expand(num_prompts, -1, -1)
+        upscaled = self.output_upscaling(src_tokens.transpose(1, 2).reshape(num_prompts, c, h, w))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
         )
         b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).view(b, -1, h, w)
         return masks, self.iou_prediction_head(iou_token_out)
+
+
+def _is_shared(embeddings: Tensor, image_index: Tensor | None = None) -> bool:
+    """Whether every prompt uses the same ``C×h×w`` embedding: a batch of one (or a batch
+    broadcast from one) without an ``image_index`` that could pick another."""
+    one = embeddings.shape[0] == 1 or embeddings.stride(0) == 0
+    return one and image_index is None
 
 
 def gather_image_embeddings(

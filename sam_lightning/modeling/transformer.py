@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -34,14 +36,64 @@ class Attention(nn.Module):
         b, n, c = x_bnc.shape
         return x_bnc.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
+    def _combine_heads(self, x_bhnd: Tensor) -> Tensor:
+        b, _, n, _ = x_bhnd.shape
+        return x_bhnd.transpose(1, 2).reshape(b, n, self.internal_dim)
+
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Queries ``B×Nq×C`` attend to keys and values ``B×Nk×C`` -> ``B×Nq×C``."""
+        """Queries ``B×Nq×C`` attend to keys and values ``B×Nk×C`` -> ``B×Nq×C``.
+
+        Either side may have batch size 1 and be shared by all B of the other (the mask
+        decoder's first block, where every prompt sees the same image tokens). The paths
+        below differ only in the order of operations, not in the result."""
+        if q.shape[0] != k.shape[0] and k.shape[0] == 1:
+            return self._shared_keys(q, k, v)
+        if q.shape[0] != k.shape[0] and q.shape[0] == 1:
+            return self._shared_queries(q, k, v)
+        if q.shape[1] * self.num_heads < self.internal_dim < k.shape[1]:
+            return self._few_queries(q, k, v)
         q_heads = self._separate_heads(self.q_proj(q))
         k_heads = self._separate_heads(self.k_proj(k))
         v_heads = self._separate_heads(self.v_proj(v))
+        return self.out_proj(
+            self._combine_heads(F.scaled_dot_product_attention(q_heads, k_heads, v_heads))
+        )
+
+    def _shared_keys(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """``B×Nq`` queries, one ``1×Nk`` key set: project the keys once and run the B
+        query sets as one sequence of ``B*Nq`` queries."""
+        b, n, _ = q.shape
+        q_heads = self._separate_heads(self.q_proj(q))  # B×H×Nq×d
+        q_heads = q_heads.transpose(0, 1).reshape(1, self.num_heads, b * n, -1)
+        k_heads = self._separate_heads(self.k_proj(k))
+        v_heads = self._separate_heads(self.v_proj(v))
         out = F.scaled_dot_product_attention(q_heads, k_heads, v_heads)
-        b, _, n, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
+        out = out.reshape(self.num_heads, b, n, -1).transpose(0, 1)
+        return self.out_proj(self._combine_heads(out))
+
+    def _shared_queries(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """One ``1×Nq`` query set for ``B`` key sets: project the queries once."""
+        q_heads = self._separate_heads(self.q_proj(q)).expand(k.shape[0], -1, -1, -1)
+        k_heads = self._separate_heads(self.k_proj(k))
+        v_heads = self._separate_heads(self.v_proj(v))
+        scores = q_heads @ k_heads.transpose(-1, -2) / math.sqrt(q_heads.shape[-1])
+        return self.out_proj(self._combine_heads(scores.softmax(-1) @ v_heads))
+
+    def _few_queries(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Few queries over many keys: fold the key and value projections into the queries
+        and the output instead of projecting every key. Per head ``h``,
+        ``(q_h)(W_h k + b_h)^T = (q_h W_h) k^T + const`` (the constant cancels in the
+        softmax) and ``softmax @ (W_h v + b_h) = (softmax @ v) W_h^T + b_h``."""
+        b, n, _ = q.shape
+        heads, dim = self.num_heads, self.internal_dim // self.num_heads
+        q_heads = self._separate_heads(self.q_proj(q))  # B×H×Nq×d
+        k_weight = self.k_proj.weight.reshape(heads, dim, -1)  # H×d×C
+        q_folded = (q_heads @ k_weight).reshape(b, heads * n, -1) / math.sqrt(dim)
+        weights = (q_folded @ k.transpose(1, 2)).softmax(-1)  # B×(H*Nq)×Nk
+        pooled = (weights @ v).reshape(b, heads, n, -1)  # B×H×Nq×C
+        v_weight = self.v_proj.weight.reshape(heads, dim, -1)  # H×d×C
+        out = pooled @ v_weight.transpose(1, 2) + self.v_proj.bias.reshape(heads, 1, dim)
+        return self.out_proj(self._combine_heads(out))
 
 
 class TwoWayAttentionBlock(nn.Module):
