@@ -29,6 +29,9 @@ TORCH_LIBRARY(sam_lightning, m) {
   m.def("rle_compress(Tensor counts, Tensor offsets) -> (Tensor chars, Tensor offsets)");
   // Counts strings to counts (int64, concatenated) and their offsets.
   m.def("rle_decompress(Tensor chars, Tensor offsets) -> (Tensor counts, Tensor offsets)");
+  // Strings index[0], index[1], ... of a batch (int64 positions, repeats allowed): gathers
+  // without decoding.
+  m.def("rle_select(Tensor chars, Tensor offsets, Tensor index) -> (Tensor chars, Tensor offsets)");
 
   // ---- Post-processing of the automatic mask generator ----
   // Results identical to segment_anything.utils.amg, torchvision's CPU NMS and OpenCV's

@@ -325,6 +325,34 @@ std::tuple<at::Tensor, at::Tensor> rle_decompress(const at::Tensor& chars,
   return {counts, counts_offsets};
 }
 
+std::tuple<at::Tensor, at::Tensor> rle_select(const at::Tensor& chars, const at::Tensor& offsets,
+                                              const at::Tensor& index) {
+  const Strings s = check_strings("rle_select", chars, offsets);
+  TORCH_CHECK_VALUE(index.dim() == 1 && index.scalar_type() == at::kLong,
+                    "rle_select: index must be a 1-D int64 tensor, got ", index.dim(), "-D ",
+                    index.scalar_type());
+  const at::Tensor picked = index.contiguous();
+  const int64_t* idx = picked.const_data_ptr<int64_t>();
+  const int64_t n = picked.numel();
+  at::Tensor new_offsets = at::empty({n + 1}, at::kLong);
+  int64_t* o = new_offsets.data_ptr<int64_t>();
+  o[0] = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK_VALUE(idx[i] >= 0 && idx[i] < s.size(), "rle_select: index[", i, "] = ", idx[i],
+                      " is outside [0, ", s.size(), ")");
+    o[i + 1] = o[i] + s.length(idx[i]);
+  }
+  at::Tensor out = at::empty({o[n]}, at::kByte);
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  at::parallel_for(0, n, grain(n, o[n]), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t length = o[i + 1] - o[i];
+      if (length > 0) std::memcpy(dst + o[i], s.data(idx[i]), length);
+    }
+  });
+  return {out, new_offsets};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sam_lightning, CPU, m) {
@@ -336,6 +364,7 @@ TORCH_LIBRARY_IMPL(sam_lightning, CPU, m) {
   m.impl("rle_merge", &rle_merge);
   m.impl("rle_compress", &rle_compress);
   m.impl("rle_decompress", &rle_decompress);
+  m.impl("rle_select", &rle_select);
 }
 
 }  // namespace sam_lightning

@@ -71,13 +71,8 @@ class PackedRLEs:
         index = torch.as_tensor(index).cpu()
         if index.dtype == torch.bool:
             index = index.nonzero().flatten()
-        lengths = (self.offsets[1:] - self.offsets[:-1])[index]
-        offsets = torch.zeros(len(index) + 1, dtype=torch.int64)
-        torch.cumsum(lengths, 0, out=offsets[1:])
-        total = int(offsets[-1])
-        shift = self.offsets[:-1][index] - offsets[:-1]
-        source = torch.arange(total) + torch.repeat_interleave(shift, lengths, output_size=total)
-        return PackedRLEs(self.chars[source], offsets, self.height, self.width)
+        chars, offsets = rle_ops._KERNELS.rle_select(self.chars, self.offsets, index.long())
+        return PackedRLEs(chars, offsets, self.height, self.width)
 
     def replace(self, index: torch.Tensor, new: PackedRLEs) -> PackedRLEs:
         """A copy where RLE ``index[j]`` is ``new``'s RLE ``j``."""

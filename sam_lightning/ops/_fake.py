@@ -61,6 +61,11 @@ def _rle_decompress(chars, offsets):
     return _dynamic_1d(chars, torch.int64), torch.empty_like(offsets)
 
 
+@register_fake("sam_lightning::rle_select")
+def _rle_select(chars, offsets, index):
+    return _dynamic_1d(chars, torch.uint8), offsets.new_empty((index.shape[0] + 1,))
+
+
 # ---- post-processing ----
 # An extension built before these operators existed lacks them (the public functions then use
 # the reference implementations): register their fake kernels only when they are defined.

@@ -273,9 +273,14 @@ def rle_iou(
     dt_strings = _check_strings("rle_iou", dt_chars, dt_offsets)
     gt_strings = _check_strings("rle_iou", gt_chars, gt_offsets)
     num_dt, num_gt = len(dt_strings), len(gt_strings)
-    if iscrowd.dim() != 1 or iscrowd.numel() != num_gt or iscrowd.dtype not in (
-        torch.bool,
-        torch.uint8,
+    if (
+        iscrowd.dim() != 1
+        or iscrowd.numel() != num_gt
+        or iscrowd.dtype
+        not in (
+            torch.bool,
+            torch.uint8,
+        )
     ):
         raise ValueError(
             "rle_iou: iscrowd must be a 1-D bool or uint8 tensor with one flag per gt RLE "
@@ -355,3 +360,19 @@ def rle_decompress(chars: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Te
     lengths = np.cumsum([0, *map(len, all_counts)])
     flat = np.concatenate([np.zeros(0, dtype=np.int64), *all_counts])
     return torch.from_numpy(flat), torch.tensor(lengths, dtype=torch.int64)
+
+
+def rle_select(
+    chars: torch.Tensor, offsets: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    strings = _check_strings("rle_select", chars, offsets)
+    if index.dim() != 1 or index.dtype != torch.int64:
+        raise ValueError(
+            f"rle_select: index must be a 1-D int64 tensor, got {index.dim()}-D "
+            f"{_dtype_name(index)}"
+        )
+    picked = index.tolist()
+    for i, value in enumerate(picked):
+        if not 0 <= value < len(strings):
+            raise ValueError(f"rle_select: index[{i}] = {value} is outside [0, {len(strings)})")
+    return _join([strings[i].tobytes() for i in picked])

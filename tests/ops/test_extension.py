@@ -21,6 +21,7 @@ RLE_OPS = [
     "rle_encode",
     "rle_iou",
     "rle_merge",
+    "rle_select",
     "rle_to_bbox",
 ]
 
@@ -53,11 +54,12 @@ def opcheck_cases() -> list[tuple[str, tuple]]:
         ("rle_merge", (chars, offsets, sizes, True)),
         ("rle_compress", (counts, count_offsets)),
         ("rle_decompress", (chars, offsets)),
+        ("rle_select", (chars, offsets, torch.tensor([2, 0, 2]))),
     ]
 
 
 @needs_extension
-@pytest.mark.parametrize("index", range(10))
+@pytest.mark.parametrize("index", range(11))
 def test_opcheck(index):
     name, args = opcheck_cases()[index]
     torch.library.opcheck(getattr(torch.ops.sam_lightning, name).default, args)
