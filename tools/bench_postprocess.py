@@ -111,6 +111,12 @@ def mask_rows(amg, rng, n: int, h: int, w: int, area: float) -> list[tuple]:
             changed.append(holes or islands)
         return np.stack(out), np.array(changed)
 
+    def rle_ref():  # the official generator's path: uncompressed RLE, then pycocotools
+        return [amg.coco_encode_rle(rle)["counts"] for rle in amg.mask_to_rle_pytorch(masks)]
+
+    def rle_ours():
+        return [rle["counts"] for rle in ops.rle_encode(masks)]
+
     def remove_ours():
         mask, holes = ops.remove_small_regions(masks, area, "holes")
         mask, islands = ops.remove_small_regions(mask, area, "islands")
@@ -120,6 +126,7 @@ def mask_rows(amg, rng, n: int, h: int, w: int, area: float) -> list[tuple]:
         ours, ref = ops.stability_score(x, 0.0, 1.0), stability_ref(x)
         check("stability_score", torch.equal(ours.view(torch.int32), ref.view(torch.int32)))
     check("masks_to_boxes", torch.equal(ops.masks_to_boxes(masks), boxes_ref()))
+    check("rle_encode", [c.encode() for c in rle_ref()] == rle_ours())
     labels = ops.connected_components(masks)[0].numpy()
     check("connected_components", np.array_equal(labels, np.stack([r[1] for r in cc_ref()])))
     (ref_masks, ref_changed), (our_masks, our_changed) = remove_ref(), remove_ours()
@@ -132,6 +139,7 @@ def mask_rows(amg, rng, n: int, h: int, w: int, area: float) -> list[tuple]:
         ("stability_score float16", lambda: stability_ref(half),
          lambda: ops.stability_score(half, 0.0, 1.0), n),
         ("masks_to_boxes", boxes_ref, lambda: ops.masks_to_boxes(masks), n),
+        ("RLE: mask_to_rle_pytorch + coco_encode_rle vs rle_encode", rle_ref, rle_ours, n),
         ("connected_components (ref: cv2 WithStats)", cc_ref,
          lambda: ops.connected_components(masks), n),
         (f"remove_small_regions holes+islands, area {area:g} ({changed}/{n} changed)",
