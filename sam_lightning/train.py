@@ -1,0 +1,118 @@
+"""Training and fine-tuning of SAM: ``python -m sam_lightning.train +exp=<name> [overrides]``.
+
+Configs are ``conf/train.yaml`` and its groups (``model/``, ``data/``, ``trainer/``,
+``logger/``, ``optim/``, ``exp/``). Hydra lives only in :func:`main`; :func:`train` takes the
+resolved config as a plain mapping and the run directory, so it can be called as a library.
+The run directory (``hydra.run.dir``, by default ``outputs/train/<run_name>``) holds the
+resolved config, ``checkpoints/`` (``last.ckpt`` and the best by ``val/miou_1pt``), the
+logs and, at the end of ``fit``, ``metrics.json`` with the final metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("sam_lightning.train")
+
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def build_loggers(settings: Mapping[str, Any], run_dir: Path, config: Mapping[str, Any]) -> list:
+    """Lightning loggers for ``logger.kind`` ``csv`` or ``wandb`` (which also logs the
+    resolved config; ``WANDB_MODE=offline``/``disabled`` is honoured by wandb itself)."""
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    kind = settings.get("kind", "csv")
+    if kind == "csv":
+        return [CSVLogger(run_dir, name="csv")]
+    if kind == "wandb":
+        logger = WandbLogger(
+            project=settings.get("project", "sam_lightning"),
+            group=settings.get("group"),
+            name=settings.get("name"),
+            save_dir=str(run_dir),
+        )
+        logger.log_hyperparams(dict(config))
+        return [logger]
+    raise ValueError(f"logger.kind must be 'csv' or 'wandb', got {kind!r}")
+
+
+def _resume_path(config: Mapping[str, Any], checkpoints: Path) -> str | None:
+    if config.get("ckpt_path"):
+        return str(config["ckpt_path"])
+    last = checkpoints / LAST_CHECKPOINT
+    if config.get("resume") and last.is_file():
+        return str(last)
+    return None
+
+
+def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
+    """Trains with the resolved ``config`` (the layout of ``conf/train.yaml``), writing
+    everything under ``run_dir``; returns the final metrics (also in ``metrics.json``)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from sam_lightning.data.datamodule import SamDataModule
+    from sam_lightning.data.sa1b import write_atomic
+    from sam_lightning.training.module import SamTrainingModule
+
+    run_dir = Path(run_dir)
+    model, optim, training = config["model"], config["optim"], config["training"]
+    L.seed_everything(int(config["seed"]), workers=True)
+    datamodule = SamDataModule(
+        **config["data"], image_size=int(model["image_size"]), seed=int(config["seed"])
+    )
+    module = SamTrainingModule(
+        model_type=model["type"],
+        checkpoint=model.get("checkpoint"),
+        image_size=int(model["image_size"]),
+        frozen=list(model.get("frozen", [])),
+        seed=int(config["seed"]),
+        **optim,
+        **training,
+    )
+    checkpoints = run_dir / "checkpoints"
+    checkpointing = ModelCheckpoint(
+        dirpath=checkpoints,
+        filename="best-{step}",
+        monitor="val/miou_1pt",
+        mode="max",
+        save_last=True,
+    )
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        logger=build_loggers(config["logger"], run_dir, config),
+        callbacks=[checkpointing],
+        **config["trainer"],
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(config, checkpoints))
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    metrics["step"] = trainer.global_step
+    if trainer.is_global_zero:
+        write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+        log.info("final metrics in %s: %s", run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def main() -> None:
+    """``python -m sam_lightning.train +exp=<name> [key=value ...]``."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig, OmegaConf
+
+    from sam_lightning._config import config_dir
+
+    @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
+    def _main(cfg: DictConfig) -> None:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        train(config, HydraConfig.get().runtime.output_dir)
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()
