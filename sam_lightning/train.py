@@ -83,15 +83,19 @@ def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
         mode="max",
         save_last=True,
     )
+    loggers = build_loggers(config["logger"], run_dir, config)
     trainer = L.Trainer(
         default_root_dir=run_dir,
-        logger=build_loggers(config["logger"], run_dir, config),
+        logger=loggers,
         callbacks=[checkpointing],
         **config["trainer"],
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(config, checkpoints))
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     metrics["step"] = trainer.global_step
+    for logger in loggers:  # one W&B run per job, also in a Hydra multirun
+        if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
+            logger.experiment.finish()
     if trainer.is_global_zero:
         write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
         log.info("final metrics in %s: %s", run_dir / "metrics.json", metrics)

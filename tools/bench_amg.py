@@ -28,13 +28,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import skimage.data
 import torch
-from PIL import Image
 from pycocotools import mask as mask_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from benchmarking import bench_image  # noqa: E402  (tools/, first on sys.path)
 from official_sam import import_official  # noqa: E402
 
 from sam_lightning.inference import SamAutomaticMaskGenerator  # noqa: E402
@@ -64,11 +63,6 @@ class StageTimer:
                 self.seconds[stage] += time.perf_counter() - start
 
         setattr(owner, attribute, timed)
-
-
-def bench_image(height: int, width: int) -> np.ndarray:
-    image = Image.fromarray(skimage.data.coffee()).resize((width, height), Image.BICUBIC)
-    return np.array(image)
 
 
 def run(generator, image: np.ndarray, timer: StageTimer) -> tuple[list[dict], dict[str, float]]:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -30,6 +28,7 @@ import torch.nn.functional as F
 _TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(_TESTS))
 
+from benchmarking import best_time  # noqa: E402  (tools/, first on sys.path)
 from official_sam import import_official  # noqa: E402
 
 from sam_lightning import ops  # noqa: E402
@@ -71,15 +70,6 @@ def clustered_boxes(rng: np.random.Generator, n: int, h: int, w: int):
     boxes = np.round(np.clip(boxes + jitter, 0, [w, h, w, h]))
     scores = 0.8 + 0.2 * rng.permutation(n) / n
     return torch.from_numpy(boxes).float(), torch.from_numpy(scores).float()
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def check(name: str, equal: bool) -> None:

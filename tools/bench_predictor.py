@@ -16,37 +16,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import skimage.data
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from benchmarking import bench_image, best_time  # noqa: E402  (tools/, first on sys.path)
 from official_sam import import_official  # noqa: E402
 
 from sam_lightning.inference import SamPredictor  # noqa: E402
 from sam_lightning.modeling.build import build_sam  # noqa: E402
-
-
-def best_time(function: Callable[[], object], repeats: int) -> float:
-    """Smallest wall-clock time of ``repeats`` calls, in seconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def bench_image(height: int, width: int) -> np.ndarray:
-    """The coffee photo resized (PIL bicubic) to ``height`` x ``width``."""
-    image = Image.fromarray(skimage.data.coffee()).resize((width, height), Image.BICUBIC)
-    return np.array(image)
 
 
 def random_boxes(count: int, height: int, width: int) -> np.ndarray:

@@ -9,11 +9,10 @@ timing. Each row reports the best of several repeats in ms per mask (per pair fo
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
+from benchmarking import best_time  # noqa: E402  (tools/, first on sys.path)
 from pycocotools import mask as coco
 
 from sam_lightning import ops
@@ -37,15 +36,6 @@ def realistic(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
 def noise(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
     """Independent random pixels: the most runs possible, the worst case."""
     return (rng.random((n, h, w)) < 0.5).astype(np.uint8)
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def check(name: str, ours, theirs) -> None:

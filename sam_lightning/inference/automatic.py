@@ -60,11 +60,10 @@ class MaskCandidates:
 
     @staticmethod
     def cat(parts: Sequence[MaskCandidates], height: int, width: int) -> MaskCandidates:
-        rles = PackedRLEs.cat([p.rles for p in parts], height, width)
         if not parts:
             return MaskCandidates.empty(height, width)
         fields = {name: torch.cat([getattr(p, name) for p in parts]) for name in _TENSOR_FIELDS}
-        return MaskCandidates(rles=rles, **fields)
+        return MaskCandidates(rles=PackedRLEs.cat([p.rles for p in parts], height, width), **fields)
 
     @staticmethod
     def empty(height: int, width: int) -> MaskCandidates:
@@ -358,7 +357,7 @@ class SamAutomaticMaskGenerator:
             boxes=boxes[selected],
             iou_preds=iou_preds.cpu()[selected],
             points=points[selected],
-            stability_score=stability.cpu()[selected],
+            stability_score=stability[selected],
             crop_boxes=torch.zeros(len(selected), 4, dtype=torch.int64),
         )
 
