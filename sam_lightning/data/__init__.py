@@ -3,8 +3,11 @@
 :mod:`sam_lightning.data.sa1b`: the SA-1B layout (one JSON file of RLE masks per image),
 read by :class:`SA1BDataset` from directories, the extracted release or its ``.tar``
 archives, and written by the data engine (``python -m sam_lightning.amg``).
+:mod:`sam_lightning.data.coco`: COCO-format instance annotations (:class:`CocoDataset`) and
+LVIS v1 (:class:`LvisDataset`) as training data.
 """
 
+from sam_lightning.data.coco import CocoDataset, LvisDataset
 from sam_lightning.data.sa1b import (
     SA1BDataset,
     SA1BFormatError,
@@ -22,6 +25,8 @@ from sam_lightning.data.sa1b import (
 )
 
 __all__ = [
+    "CocoDataset",
+    "LvisDataset",
     "SA1BDataset",
     "SA1BFormatError",
     "SA1BSample",
