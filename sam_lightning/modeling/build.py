@@ -28,6 +28,9 @@ def build_sam_custom(
     image_size: int = 1024,
     window_size: int = 14,
     checkpoint: str | PathLike[str] | None = None,
+    *,
+    drop_path_rate: float = 0.0,
+    activation_checkpointing: bool = False,
 ) -> Sam:
     """Builds a SAM whose ViT encoder has the given size (decoder and prompt encoder as in
     the official models), in eval mode, optionally loading ``checkpoint`` strictly.
@@ -38,6 +41,11 @@ def build_sam_custom(
         image_size: side of the square encoder input, a multiple of 16.
         window_size: window side (in tokens) of the windowed blocks.
         checkpoint: state-dict file, see :func:`~sam_lightning.modeling.checkpoint.load_checkpoint`.
+        drop_path_rate: stochastic depth rate of the last encoder block (linear from 0 over
+            the blocks; training mode only; adds no weights).
+        activation_checkpointing: recompute the encoder blocks in the backward pass
+            (training mode only); toggle later with
+            ``model.image_encoder.activation_checkpointing``.
     """
     if image_size % PATCH_SIZE:
         raise ValueError(f"image_size must be a multiple of {PATCH_SIZE}, got {image_size}")
@@ -56,6 +64,8 @@ def build_sam_custom(
             use_rel_pos=True,
             window_size=window_size,
             global_attn_indexes=tuple(encoder_global_attn_indexes),
+            drop_path_rate=drop_path_rate,
+            activation_checkpointing=activation_checkpointing,
         ),
         prompt_encoder=PromptEncoder(
             embed_dim=PROMPT_EMBED_DIM,
@@ -83,17 +93,29 @@ def _registry_entry(
     embed_dim: int, depth: int, num_heads: int, global_attn_indexes: Sequence[int]
 ) -> Callable[..., Sam]:
     def build(
-        checkpoint: str | PathLike[str] | None = None, image_size: int = 1024
+        checkpoint: str | PathLike[str] | None = None,
+        image_size: int = 1024,
+        *,
+        drop_path_rate: float = 0.0,
+        activation_checkpointing: bool = False,
     ) -> Sam:
         return build_sam_custom(
-            embed_dim, depth, num_heads, global_attn_indexes, image_size, checkpoint=checkpoint
+            embed_dim,
+            depth,
+            num_heads,
+            global_attn_indexes,
+            image_size,
+            checkpoint=checkpoint,
+            drop_path_rate=drop_path_rate,
+            activation_checkpointing=activation_checkpointing,
         )
 
     return build
 
 
 #: Model constructors by name, called as ``sam_model_registry[name](checkpoint=None,
-#: image_size=1024)``. ``vit_tiny`` is not an official model: a small encoder for CPU tests.
+#: image_size=1024, *, drop_path_rate=0.0, activation_checkpointing=False)``.
+#: ``vit_tiny`` is not an official model: a small encoder for CPU tests.
 sam_model_registry: dict[str, Callable[..., Sam]] = {
     "vit_b": _registry_entry(768, 12, 12, (2, 5, 8, 11)),
     "vit_l": _registry_entry(1024, 24, 16, (5, 11, 17, 23)),
@@ -106,12 +128,21 @@ def build_sam(
     model_type: str,
     checkpoint: str | PathLike[str] | None = None,
     image_size: int = 1024,
+    *,
+    drop_path_rate: float = 0.0,
+    activation_checkpointing: bool = False,
 ) -> Sam:
     """Builds a registered model (``vit_b``, ``vit_l``, ``vit_h``, ``vit_tiny``) in eval
     mode, optionally loading ``checkpoint`` (official ``.pth``, our training checkpoints,
-    ``.safetensors``) strictly."""
+    ``.safetensors``) strictly. ``drop_path_rate`` and ``activation_checkpointing`` are
+    training features of the image encoder, see :func:`build_sam_custom`."""
     if model_type not in sam_model_registry:
         raise ValueError(
             f"unknown model type {model_type!r}; choose one of {sorted(sam_model_registry)}"
         )
-    return sam_model_registry[model_type](checkpoint=checkpoint, image_size=image_size)
+    return sam_model_registry[model_type](
+        checkpoint=checkpoint,
+        image_size=image_size,
+        drop_path_rate=drop_path_rate,
+        activation_checkpointing=activation_checkpointing,
+    )

@@ -1,4 +1,5 @@
-"""MAE ViT image encoder of SAM (ViTDet-style windowed/global attention, conv neck)."""
+"""MAE ViT image encoder of SAM (ViTDet-style windowed/global attention, conv neck), with
+optional stochastic depth and activation checkpointing for training."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from sam_lightning.modeling.common import LayerNorm2d, MLPBlock
 
@@ -32,6 +34,12 @@ class ImageEncoderViT(nn.Module):
         use_rel_pos: add decomposed relative position biases to the attention logits.
         window_size: window side of the windowed blocks (0: all blocks global).
         global_attn_indexes: indexes of the blocks using global attention.
+        drop_path_rate: stochastic depth rate of the last block; block ``i`` drops its
+            residual branches with rate ``linspace(0, drop_path_rate, depth)[i]`` (training
+            mode only). No parameters: state dicts are the same for every rate.
+        activation_checkpointing: in training mode with gradients enabled, run each block
+            under ``torch.utils.checkpoint`` (recomputed in the backward pass: less memory,
+            same results). A plain attribute: it may be toggled after construction.
     """
 
     def __init__(
@@ -51,10 +59,17 @@ class ImageEncoderViT(nn.Module):
         use_rel_pos: bool = False,
         window_size: int = 0,
         global_attn_indexes: Sequence[int] = (),
+        drop_path_rate: float = 0.0,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
         self.img_size = img_size
+        self.activation_checkpointing = activation_checkpointing
         grid = img_size // patch_size
+        # On the CPU explicitly: models may be built under ``torch.device("meta")``.
+        drop_path_rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.pos_embed: nn.Parameter | None = None
@@ -72,6 +87,7 @@ class ImageEncoderViT(nn.Module):
                 use_rel_pos=use_rel_pos,
                 window_size=0 if i in global_attn_indexes else window_size,
                 input_size=(grid, grid),
+                drop_path=drop_path_rates[i],
             )
             for i in range(depth)
         )
@@ -87,8 +103,13 @@ class ImageEncoderViT(nn.Module):
         x_bhwc = self.patch_embed(images_b3hw)
         if self.pos_embed is not None:
             x_bhwc = x_bhwc + self.pos_embed
+        use_checkpoint = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x_bhwc = block(x_bhwc)
+            if use_checkpoint:
+                # preserve_rng_state (the default) replays the drop-path draws exactly.
+                x_bhwc = checkpoint(block, x_bhwc, use_reentrant=False)
+            else:
+                x_bhwc = block(x_bhwc)
         return self.neck(x_bhwc.permute(0, 3, 1, 2))
 
 
@@ -115,6 +136,7 @@ class Block(nn.Module):
         use_rel_pos: use decomposed relative position biases.
         window_size: window side; 0 for global attention.
         input_size: token grid ``(h, w)`` of global attention (sizes the rel-pos tables).
+        drop_path: stochastic depth rate of the two residual branches (training only).
     """
 
     def __init__(
@@ -128,6 +150,7 @@ class Block(nn.Module):
         use_rel_pos: bool = False,
         window_size: int = 0,
         input_size: tuple[int, int] | None = None,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
@@ -141,6 +164,7 @@ class Block(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), act=act_layer)
         self.window_size = window_size
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x_bhwc: Tensor) -> Tensor:
         h, w = x_bhwc.shape[1:3]
@@ -150,8 +174,30 @@ class Block(nn.Module):
             x = window_unpartition(self.attn(windows), self.window_size, padded_hw, (h, w))
         else:
             x = self.attn(x)
-        x = x_bhwc + x
-        return x + self.mlp(self.norm2(x))
+        x = x_bhwc + self.drop_path(x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training mode, zeroes a residual branch per sample (batch
+    dimension) with probability ``drop_prob`` and scales the kept ones by
+    ``1 / (1 - drop_prob)``; the identity in eval mode or with ``drop_prob == 0``."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep_prob = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep_prob)
+        return x * mask.div_(keep_prob)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
 
 
 class Attention(nn.Module):

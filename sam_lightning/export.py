@@ -1,0 +1,178 @@
+"""Exports a training checkpoint to the official SAM weights layout.
+
+``python -m sam_lightning.export <checkpoint.ckpt> <out.pth|out.safetensors> [--model-type T]``
+
+A Lightning checkpoint of :class:`~sam_lightning.training.module.SamTrainingModule` holds the
+model's weights under ``state_dict`` with the prefix ``model.``, next to optimiser states and
+``hyper_parameters``. The export is the plain, flat state dict of the official files (such
+as ``sam_vit_b_01ec64.pth``): loadable by the official ``segment_anything`` builders, by
+:func:`~sam_lightning.modeling.build.build_sam` and by ``SamPredictor`` users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import zipfile
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sam_lightning.modeling.build import build_sam, sam_model_registry
+from sam_lightning.modeling.checkpoint import load_state_dict_file, save_checkpoint
+
+DEFAULT_IMAGE_SIZE = 1024
+#: Keys named per kind of mismatch in error messages (a wrong model type mismatches all).
+MAX_KEYS_SHOWN = 20
+
+
+def export_checkpoint(
+    ckpt_path: str | PathLike[str],
+    out_path: str | PathLike[str],
+    *,
+    model_type: str | None = None,
+    image_size: int | None = None,
+    prefix: str | None = None,
+) -> Path:
+    """Writes the SAM weights of a training checkpoint as an official state-dict file.
+
+    Args:
+        ckpt_path: training checkpoint (a ``torch.save`` dict with a ``"state_dict"`` entry),
+            read with ``torch.load(weights_only=True)``.
+        out_path: destination; ``.safetensors`` for safetensors, otherwise the official
+            ``torch.save`` format. Written atomically.
+        model_type: registry name to check the keys against (default: the checkpoint's
+            ``hyper_parameters["model_type"]``).
+        image_size: encoder input side (default: ``hyper_parameters["image_size"]``, else
+            1024).
+        prefix: key prefix of the SAM weights in ``state_dict`` (default: detected, e.g.
+            ``"model."``).
+
+    Returns:
+        The path written.
+
+    Raises:
+        FileNotFoundError: no such checkpoint.
+        UnsafeCheckpointError: the checkpoint pickles callables or class instances.
+        ValueError: not a training checkpoint, no model type known, or keys or shapes that
+            differ from the model's (named in the message).
+    """
+    ckpt_path, out_path = Path(ckpt_path), Path(out_path)
+    if out_path.resolve() == ckpt_path.resolve():
+        raise ValueError(f"refusing to overwrite the training checkpoint {ckpt_path}")
+    weights, hparams = read_training_checkpoint(ckpt_path, prefix=prefix)
+
+    model_type = model_type or hparams.get("model_type")
+    if model_type is None:
+        raise ValueError(
+            f"{ckpt_path} records no model type (hyper_parameters['model_type']); pass "
+            f"model_type= (--model-type), one of {sorted(sam_model_registry)}"
+        )
+    image_size = int(image_size or hparams.get("image_size") or DEFAULT_IMAGE_SIZE)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        expected = build_sam(model_type, image_size=image_size).state_dict()
+    problems = _key_mismatches(expected, weights)
+    if problems:
+        raise ValueError(
+            f"{ckpt_path}: the weights do not match model {model_type!r} at "
+            f"image_size={image_size} (wrong --model-type or --image-size?):\n  "
+            + "\n  ".join(problems)
+        )
+    return save_checkpoint({key: weights[key] for key in expected}, out_path)
+
+
+def read_training_checkpoint(
+    path: str | PathLike[str], prefix: str | None = None
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The SAM weights (prefix removed) and the ``hyper_parameters`` (``{}`` if absent) of
+    a training checkpoint, read safely onto the CPU.
+
+    Raises:
+        FileNotFoundError, UnsafeCheckpointError, ValueError: see :func:`export_checkpoint`.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        raise ValueError(
+            f"{path} is not a training checkpoint: safetensors files hold plain weights"
+        )
+    # The project's loader: weights-only unpickling, clear errors, prefix detection.
+    weights = load_state_dict_file(path, prefix=prefix)
+    # Known safe and readable now; memory-mapped (zip format), so tensors are not read again.
+    checkpoint = torch.load(
+        path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+    )
+    if not isinstance(checkpoint.get("state_dict"), Mapping):
+        keys = list(checkpoint)
+        shown = ", ".join(map(repr, keys[:5]))
+        if len(keys) > 5:
+            shown += f", ... ({len(keys)} in all)"
+        raise ValueError(
+            f"{path} is not a training checkpoint: no 'state_dict' entry (top-level keys: "
+            f"{shown}); a plain state dict is already in the official layout"
+        )
+    hparams = checkpoint.get("hyper_parameters")
+    return weights, dict(hparams) if isinstance(hparams, Mapping) else {}
+
+
+def _key_mismatches(expected: Mapping[str, Tensor], found: Mapping[str, Tensor]) -> list[str]:
+    """Missing, unexpected and misshapen keys of ``found``, one line per kind (none: [])."""
+    kinds = {
+        "missing keys": [key for key in expected if key not in found],
+        "unexpected keys": [key for key in found if key not in expected],
+        "wrong shapes": [
+            f"{key} (checkpoint {tuple(found[key].shape)}, model {tuple(expected[key].shape)})"
+            for key in found
+            if key in expected and found[key].shape != expected[key].shape
+        ],
+    }
+    lines = []
+    for kind, keys in kinds.items():
+        if keys:
+            shown = ", ".join(keys[:MAX_KEYS_SHOWN])
+            if len(keys) > MAX_KEYS_SHOWN:
+                shown += f", ... ({len(keys) - MAX_KEYS_SHOWN} more)"
+            lines.append(f"{kind} ({len(keys)}): {shown}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m sam_lightning.export CKPT OUT [--model-type T]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sam_lightning.export",
+        description="Export a training checkpoint to the official SAM state-dict layout.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="training (Lightning) checkpoint")
+    parser.add_argument("output", type=Path, help="out.pth (official format) or out.safetensors")
+    parser.add_argument(
+        "--model-type",
+        choices=sorted(sam_model_registry),
+        help="model to check the keys against (default: from the checkpoint)",
+    )
+    parser.add_argument(
+        "--image-size", type=int, help="encoder input side (default: from the checkpoint)"
+    )
+    parser.add_argument(
+        "--prefix", help="key prefix of the SAM weights in state_dict (default: detected)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        path = export_checkpoint(
+            args.checkpoint,
+            args.output,
+            model_type=args.model_type,
+            image_size=args.image_size,
+            prefix=args.prefix,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
