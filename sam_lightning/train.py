@@ -18,8 +18,6 @@ from typing import Any
 
 log = logging.getLogger("sam_lightning.train")
 
-LAST_CHECKPOINT = "last.ckpt"
-
 
 def build_loggers(settings: Mapping[str, Any], run_dir: Path, config: Mapping[str, Any]) -> list:
     """Lightning loggers for ``logger.kind`` ``csv`` or ``wandb`` (which also logs the
@@ -41,7 +39,32 @@ def build_loggers(settings: Mapping[str, Any], run_dir: Path, config: Mapping[st
     raise ValueError(f"logger.kind must be 'csv' or 'wandb', got {kind!r}")
 
 
+def build_strategy(spec: Any) -> Any:
+    """``trainer.strategy``: a Lightning strategy name as is, or ``{"name": "fsdp",
+    "sharding_strategy": ...}``, which wraps every encoder and decoder block as one FSDP unit
+    (with the original parameters, so the layer-decay parameter groups stay valid)."""
+    if not isinstance(spec, Mapping):
+        return spec
+    settings = dict(spec)
+    name = settings.pop("name", None)
+    if name != "fsdp":
+        raise ValueError(f"trainer.strategy mapping needs name: fsdp, got {name!r}")
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from sam_lightning.modeling.image_encoder import Block
+    from sam_lightning.modeling.transformer import TwoWayAttentionBlock
+
+    return FSDPStrategy(
+        auto_wrap_policy={Block, TwoWayAttentionBlock},
+        state_dict_type="full",
+        use_orig_params=True,
+        **settings,
+    )
+
+
 def _resume_path(config: Mapping[str, Any], checkpoints: Path) -> str | None:
+    from sam_lightning.training.checkpointing import LAST_CHECKPOINT
+
     if config.get("ckpt_path"):
         return str(config["ckpt_path"])
     last = checkpoints / LAST_CHECKPOINT
@@ -58,6 +81,7 @@ def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
 
     from sam_lightning.data.datamodule import SamDataModule
     from sam_lightning.data.sa1b import write_atomic
+    from sam_lightning.training.checkpointing import AtomicCheckpointIO, SaveLast
     from sam_lightning.training.module import SamTrainingModule
 
     run_dir = Path(run_dir)
@@ -71,24 +95,25 @@ def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
         checkpoint=model.get("checkpoint"),
         image_size=int(model["image_size"]),
         frozen=list(model.get("frozen", [])),
+        drop_path_rate=float(model.get("drop_path_rate", 0.0)),
+        activation_checkpointing=bool(model.get("activation_checkpointing", False)),
         seed=int(config["seed"]),
         **optim,
         **training,
     )
     checkpoints = run_dir / "checkpoints"
-    checkpointing = ModelCheckpoint(
-        dirpath=checkpoints,
-        filename="best-{step}",
-        monitor="val/miou_1pt",
-        mode="max",
-        save_last=True,
+    best = ModelCheckpoint(
+        dirpath=checkpoints, filename="best-{step}", monitor="val/miou_1pt", mode="max"
     )
+    last = SaveLast(checkpoints, every_n_steps=int(config["checkpoint"]["every_n_steps"]))
     loggers = build_loggers(config["logger"], run_dir, config)
     trainer = L.Trainer(
         default_root_dir=run_dir,
         logger=loggers,
-        callbacks=[checkpointing],
-        **config["trainer"],
+        callbacks=[best, last],
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # SamDataModule splits the data across ranks itself
+        **{**config["trainer"], "strategy": build_strategy(config["trainer"]["strategy"])},
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(config, checkpoints))
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}

@@ -1,29 +1,29 @@
 """Training and validation data for SAM as a :class:`lightning.LightningDataModule`.
 
-Datasets are given as plain specs (``{"kind": "synthetic" | "sa1b", ...arguments}``) so that
-Hydra can instantiate :class:`SamDataModule` from a config; :func:`build_dataset` turns a spec
-into a dataset.
+Datasets are given as plain specs (``{"kind": "synthetic" | "sa1b" | "coco" | "lvis", ...}``)
+so that Hydra can instantiate :class:`SamDataModule` from a config; :func:`build_dataset` turns
+a spec into a dataset.
 
-Epochs, seeds and order. A training batch is a pure function of ``(seed, epoch)``:
+The training stream. Training data is one continuous stream of samples: pass ``e`` over the
+dataset is a permutation drawn from ``(seed, e)``, and the sample of dataset item ``i`` in pass
+``e`` is augmented with ``sample_rng(seed, e, i)``. Per-device batch ``g`` of rank ``r`` (of
+``W``) holds stream positions ``(g W + r) B ... (g W + r) B + B - 1``. So every batch is a
+pure function of ``(seed, g, r, W, B)``, whatever the number of DataLoader workers, and a run
+can continue from any batch: :class:`TrainStream` starts at the *position*, the number of
+batches already consumed, which :class:`~sam_lightning.training.module.SamTrainingModule`
+counts and keeps in its checkpoints (``batches_seen``). This is what makes ``resume`` exact
+mid-epoch: Lightning keeps no data position of its own for a plain DataLoader.
 
-- the order is :class:`EpochShuffle`, a permutation drawn from ``(seed, epoch)`` afresh on every
-  ``iter()`` (so it does not matter how often Lightning calls ``iter()`` on the loader, which it
-  does once or twice per epoch), and
-- sample ``i`` is augmented with ``sample_rng(seed, epoch, i)`` (:class:`TrainSamples`).
+A Lightning *epoch* is a window of ``num_batches`` batches of the stream: with
+``trainer.max_steps`` set (iteration-based training, as in the paper) the whole run
+(``max_steps x accumulate_grad_batches`` batches) is one window; with ``max_steps=-1`` a window
+is ``len(dataset) // (B W)`` batches. Each ``iter()`` of the loader yields from the current
+position to the end of its window.
 
-Lightning calls ``set_epoch`` on a loader's sampler at the start of every training epoch, for
-any sampler that has one; :meth:`EpochShuffle.set_epoch` also sets the epoch of the dataset, so
-that the workers, started afterwards, augment for the new epoch. This works with or without
-``reload_dataloaders_every_n_epochs``. :meth:`SamDataModule.train_dataloader` starts at
-``trainer.current_epoch``, so a run resumed from a checkpoint at the start of epoch ``e`` sees
-the batches of an uninterrupted run's epoch ``e``. (A run resumed mid-epoch restarts that epoch's
-data from its first batch: the loader keeps no position.) Workers are never persistent: they
-would keep the epoch they were started with.
-
-With DDP (``use_distributed_sampler=True``, the default) Lightning wraps the sampler in a
-``DistributedSamplerWrapper``, which forwards ``set_epoch`` to it and gives rank ``r`` the
-items ``r, r + world_size, ...`` of the same global permutation. The validation loader's
-sequential sampler becomes a ``DistributedSampler(shuffle=False)``.
+Ranks. :class:`TrainStream` and :class:`RankSlice` split the data across ranks themselves, so
+the Trainer must run with ``use_distributed_sampler=False`` (:func:`sam_lightning.train.train`
+sets it; :meth:`SamDataModule.train_dataloader` refuses a distributed run without it).
+Validation gives rank ``r`` the items ``r, r + W, ...`` in order, without padding.
 
 Skipped items. An item that fails to load (an unreadable image, a malformed annotation file) is
 logged with its path and replaced by the next index (:class:`SkipBadSamples`). Every batch
@@ -36,16 +36,18 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning
 import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
+from sam_lightning.data.coco import CocoDataset, LvisDataset
 from sam_lightning.data.sa1b import SA1BDataset
 from sam_lightning.data.synthetic import SyntheticShapes
 from sam_lightning.data.train_transforms import (
+    SampleKey,
     SkipBadSamples,
     TrainSample,
     TrainSamples,
@@ -56,7 +58,12 @@ from sam_lightning.data.train_transforms import (
 log = logging.getLogger(__name__)
 
 #: Dataset kinds of a spec and the classes they build.
-DATASET_KINDS: dict[str, type] = {"synthetic": SyntheticShapes, "sa1b": SA1BDataset}
+DATASET_KINDS: dict[str, type] = {
+    "synthetic": SyntheticShapes,
+    "sa1b": SA1BDataset,
+    "coco": CocoDataset,
+    "lvis": LvisDataset,
+}
 #: Entropy word that separates the order's random stream from the samples' streams.
 _ORDER_STREAM = 0x0DE5
 
@@ -77,8 +84,10 @@ def build_dataset(kind: str, **kwargs: Any) -> Any:
     Args:
         kind: ``"synthetic"`` (:class:`SyntheticShapes`: ``num_images``, optional
             ``image_size`` (of the source images), ``min_shapes``, ``max_shapes``, ``seed``,
-            ``min_area``) or ``"sa1b"`` (:class:`SA1BDataset`: ``roots``, a path or a list
-            of paths, optional ``image_root``, ``recursive``).
+            ``min_area``), ``"sa1b"`` (:class:`SA1BDataset`: ``roots``, a path or a list
+            of paths, optional ``image_root``, ``recursive``), ``"coco"`` or ``"lvis"``
+            (:class:`CocoDataset`, :class:`LvisDataset`: ``annotations``, ``images``,
+            optional ``skip_crowd``, ``min_area``, ``category_ids``).
         kwargs: the arguments of that class.
 
     Raises:
@@ -107,33 +116,86 @@ def _build_from_spec(spec: Mapping[str, Any], split: str) -> Any:
     return build_dataset(**spec)
 
 
-class EpochShuffle(Sampler[int]):
-    """A permutation of ``range(size)`` that is a pure function of ``(seed, epoch)``.
+class TrainStream(Sampler[tuple[int, int]]):
+    """The keys ``(item index, pass)`` of training batches ``position ... end of its window``
+    for one rank (see the module docstring).
 
-    :meth:`set_epoch` (which Lightning calls at the start of every training epoch) changes the
-    permutation and calls ``set_epoch`` of every object in ``datasets``.
+    Args:
+        size: items in the dataset.
+        seed: the seed of the permutations.
+        batch_size: B, items per batch (per rank).
+        num_batches: batches per window (a Lightning epoch); ``len(self)`` is
+            ``num_batches * batch_size`` whatever the position, as Lightning expects.
+        rank, world_size: this rank and the number of ranks.
+        position: the number of batches this rank has consumed, or a callable returning it,
+            read at every ``iter()`` (so a resumed run continues where it stopped).
     """
 
-    def __init__(self, size: int, seed: int, epoch: int = 0, datasets: Sequence[Any] = ()) -> None:
-        self.size, self.seed, self.datasets = size, seed, list(datasets)
-        self.epoch = 0
-        self.set_epoch(epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        for dataset in self.datasets:
-            dataset.set_epoch(self.epoch)
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        batch_size: int,
+        num_batches: int,
+        rank: int = 0,
+        world_size: int = 1,
+        position: int | Callable[[], int] = 0,
+    ) -> None:
+        if size < 1 or batch_size < 1 or num_batches < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"TrainStream needs size, batch_size, num_batches >= 1 and 0 <= rank < "
+                f"world_size, got {size}, {batch_size}, {num_batches}, {rank}, {world_size}"
+            )
+        self.size, self.seed, self.batch_size = size, seed, batch_size
+        self.num_batches, self.rank, self.world_size = num_batches, rank, world_size
+        self.position = position
 
     def __len__(self) -> int:
-        return self.size
+        return self.num_batches * self.batch_size
+
+    def current_position(self) -> int:
+        """Batches consumed so far (where the next ``iter()`` starts)."""
+        return int(self.position() if callable(self.position) else self.position)
+
+    def batch_keys(self, batch: int) -> list[tuple[int, int]]:
+        """The ``(index, pass)`` keys of this rank's batch ``batch`` of the stream."""
+        first = (batch * self.world_size + self.rank) * self.batch_size
+        keys = []
+        for stream_index in range(first, first + self.batch_size):
+            pass_index, offset = divmod(stream_index, self.size)
+            keys.append((int(self._permutation(pass_index)[offset]), pass_index))
+        return keys
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        start = self.current_position()
+        end = (start // self.num_batches + 1) * self.num_batches
+        for batch in range(start, end):
+            yield from self.batch_keys(batch)
+
+    def _permutation(self, pass_index: int) -> np.ndarray:
+        cached = getattr(self, "_cached", None)
+        if cached is None or cached[0] != pass_index:
+            rng = np.random.default_rng([_ORDER_STREAM, self.seed, pass_index])
+            cached = (pass_index, rng.permutation(self.size))
+            self._cached = cached
+        return cached[1]
+
+
+class RankSlice(Sampler[int]):
+    """Items ``rank, rank + world_size, ...`` of ``range(size)``, in order (validation)."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.rank, self.world_size = size, rank, world_size
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world_size))
 
     def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([_ORDER_STREAM, self.seed, self.epoch])
-        return iter(rng.permutation(self.size).tolist())
+        return iter(range(self.rank, self.size, self.world_size))
 
 
 class CountSkips:
-    """Wraps a :class:`SkipBadSamples`: item ``i`` is ``(sample, number of items skipped to
+    """Wraps a :class:`SkipBadSamples`: key ``k`` gives ``(sample, number of items skipped to
     produce it)``, so the count survives DataLoader workers (see :func:`collate_counting`)."""
 
     def __init__(self, skipping: SkipBadSamples) -> None:
@@ -142,9 +204,9 @@ class CountSkips:
     def __len__(self) -> int:
         return len(self.skipping)
 
-    def __getitem__(self, index: int) -> tuple[TrainSample, int]:
+    def __getitem__(self, key: SampleKey) -> tuple[TrainSample, int]:
         before = self.skipping.skipped
-        sample = self.skipping[index]
+        sample = self.skipping[key]
         return sample, self.skipping.skipped - before
 
 
@@ -157,7 +219,7 @@ def collate_counting(items: Sequence[tuple[TrainSample, int]]) -> dict[str, Any]
 
 class SamDataModule(lightning.LightningDataModule):
     """Training and validation loaders of :func:`collate` batches (see the module docstring
-    for epochs, order, DDP and skipped items).
+    for the training stream, ranks and skipped items).
 
     Args:
         train, val: dataset specs, ``{"kind": ..., **arguments}`` (see :func:`build_dataset`).
@@ -170,8 +232,7 @@ class SamDataModule(lightning.LightningDataModule):
         scale_range: LSJ scale range.
         batch_size: images per batch (per device).
         num_workers: DataLoader worker processes.
-        seed: the seed of the training order and augmentations, and of validation samples.
-        drop_last: drop the last incomplete training batch (constant batch shapes).
+        seed: the seed of the training stream, and of validation samples.
         pin_memory: DataLoader ``pin_memory``.
     """
 
@@ -187,7 +248,6 @@ class SamDataModule(lightning.LightningDataModule):
         batch_size: int = 2,
         num_workers: int = 0,
         seed: int = 0,
-        drop_last: bool = True,
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
@@ -211,7 +271,7 @@ class SamDataModule(lightning.LightningDataModule):
         )
         self.val_transform = TrainTransform(**transform_args, lsj=False)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.drop_last, self.pin_memory = drop_last, pin_memory
+        self.pin_memory = pin_memory
         self._train_dataset: Any = None
         self._val_dataset: Any = None
         self._skippers: list[SkipBadSamples] = []
@@ -242,28 +302,48 @@ class SamDataModule(lightning.LightningDataModule):
         if stage in (None, "fit", "validate"):
             _ = self.val_dataset
 
-    def train_loader(self, epoch: int = 0) -> DataLoader:
-        """The training loader, starting at ``epoch`` (its sampler's ``set_epoch`` moves it)."""
-        samples = TrainSamples(self.train_dataset, self.train_transform, self.seed, epoch)
-        sampler = EpochShuffle(len(samples), self.seed, epoch, datasets=[samples])
-        return self._loader(samples, sampler=sampler, drop_last=self.drop_last)
+    def train_loader(
+        self,
+        position: int | Callable[[], int] = 0,
+        num_batches: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> DataLoader:
+        """The training loader of one rank from batch ``position`` of the stream (an int or a
+        callable read at each ``iter()``), in windows of ``num_batches`` batches (default: one
+        pass over the dataset, ``len(dataset) // (batch_size * world_size)``)."""
+        samples = TrainSamples(self.train_dataset, self.train_transform, self.seed)
+        if num_batches is None:
+            num_batches = max(1, len(samples) // (self.batch_size * world_size))
+        sampler = TrainStream(
+            len(samples), self.seed, self.batch_size, num_batches, rank, world_size, position
+        )
+        return self._loader(samples, sampler)
 
-    def val_loader(self) -> DataLoader:
-        """The validation loader: in index order, sample ``i`` drawn with
-        ``sample_rng(seed, 0, i)``, no jitter."""
-        samples = TrainSamples(self.val_dataset, self.val_transform, self.seed, epoch=0)
-        return self._loader(samples, sampler=None, drop_last=False)
+    def val_loader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """The validation loader of one rank: items ``rank, rank + world_size, ...`` in order,
+        item ``i`` drawn with ``sample_rng(seed, 0, i)``, no jitter."""
+        samples = TrainSamples(self.val_dataset, self.val_transform, self.seed)
+        return self._loader(samples, RankSlice(len(samples), rank, world_size))
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        return self.train_loader(trainer.current_epoch if trainer is not None else 0)
+        if trainer is None:
+            return self.train_loader()
+        rank, world_size = _check_ranks(trainer)
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            num_batches = trainer.max_steps * trainer.accumulate_grad_batches
+        else:
+            num_batches = max(1, len(self.train_dataset) // (self.batch_size * world_size))
+        position = _ConsumedBatches(trainer, num_batches)
+        return self.train_loader(position, num_batches, rank, world_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self.val_loader()
+        if self.trainer is None:
+            return self.val_loader()
+        return self.val_loader(*_check_ranks(self.trainer))
 
-    def _loader(
-        self, samples: TrainSamples, sampler: Sampler | None, drop_last: bool
-    ) -> DataLoader:
+    def _loader(self, samples: TrainSamples, sampler: Sampler) -> DataLoader:
         skipper = SkipBadSamples(samples)
         self._skippers.append(skipper)
         return DataLoader(
@@ -273,9 +353,37 @@ class SamDataModule(lightning.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate_counting,
             pin_memory=self.pin_memory,
-            drop_last=drop_last,
-            persistent_workers=False,  # workers would keep the epoch they started with
+            drop_last=False,  # the stream's batches are always full; validation keeps all
         )
+
+
+class _ConsumedBatches:
+    """The training position of a Trainer: the LightningModule's ``batches_seen`` when it
+    counts them (:class:`~sam_lightning.training.module.SamTrainingModule` does, and keeps
+    the count in checkpoints), else the start of Lightning's current epoch."""
+
+    def __init__(self, trainer: Any, batches_per_epoch: int) -> None:
+        self.trainer, self.batches_per_epoch = trainer, batches_per_epoch
+
+    def __call__(self) -> int:
+        module = getattr(self.trainer, "lightning_module", None)
+        seen = getattr(module, "batches_seen", None)
+        if seen is not None:
+            return int(seen)
+        return int(self.trainer.current_epoch) * self.batches_per_epoch
+
+
+def _check_ranks(trainer: Any) -> tuple[int, int]:
+    """``(global_rank, world_size)`` of a Trainer; refuses Lightning's own sampler injection,
+    which would split the already-split data again."""
+    rank, world_size = int(trainer.global_rank), int(trainer.world_size)
+    connector = getattr(trainer, "_accelerator_connector", None)
+    if world_size > 1 and getattr(connector, "use_distributed_sampler", False):
+        raise ValueError(
+            "SamDataModule splits the data across ranks itself: create the Trainer with "
+            "use_distributed_sampler=False"
+        )
+    return rank, world_size
 
 
 def _default_spec(num_images: int) -> dict[str, Any]:

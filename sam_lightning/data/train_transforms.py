@@ -212,13 +212,23 @@ def collate(samples: Sequence[TrainSample]) -> dict[str, Any]:
     }
 
 
-class TrainSamples:
-    """A dataset of :class:`TrainSample` s: ``transform(dataset[index], sample_rng(seed,
-    epoch, index))``.
+#: A key of :class:`TrainSamples`: an item index, or ``(item index, pass)``.
+SampleKey = int | tuple[int, int]
 
-    ``epoch`` is a plain attribute (:meth:`set_epoch`). Call it before iterating a DataLoader
-    whose workers are started per epoch; workers started once (``persistent_workers=True``)
-    keep the epoch they were started with, and repeat the same augmentations every epoch.
+
+def split_key(key: SampleKey, default_pass: int = 0) -> tuple[int, int]:
+    """``(index, pass)`` of a :data:`SampleKey` (a plain index is in ``default_pass``)."""
+    if isinstance(key, tuple):
+        index, pass_index = key
+        return int(index), int(pass_index)
+    return int(key), default_pass
+
+
+class TrainSamples:
+    """A dataset of :class:`TrainSample` s: key ``(index, pass)`` is
+    ``transform(dataset[index], sample_rng(seed, pass, index))``; a plain ``index`` means
+    ``(index, epoch)``. Keys are pure: DataLoader workers give the same samples whatever
+    their number.
     """
 
     def __init__(
@@ -230,14 +240,12 @@ class TrainSamples:
     ) -> None:
         self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, epoch
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> TrainSample:
-        return self.transform(self.dataset[index], sample_rng(self.seed, self.epoch, index))
+    def __getitem__(self, key: SampleKey) -> TrainSample:
+        index, pass_index = split_key(key, self.epoch)
+        return self.transform(self.dataset[index], sample_rng(self.seed, pass_index, index))
 
     def source(self, index: int) -> str:
         """The wrapped dataset's ``source(index)`` (for log messages), else ``"item <index>"``."""
@@ -266,11 +274,12 @@ class SkipBadSamples:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, key: SampleKey) -> Any:
+        index, pass_index = split_key(key)
         for attempt in range(min(self.max_consecutive, len(self))):
             current = (index + attempt) % len(self)
             try:
-                return self.dataset[current]
+                return self.dataset[(current, pass_index) if isinstance(key, tuple) else current]
             except self.errors as error:
                 self.skipped += 1
                 log.warning("skipping %s: %s", self._name(current), error)

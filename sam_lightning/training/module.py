@@ -9,11 +9,20 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
+from torchmetrics import MeanMetric
 
 from sam_lightning.modeling.build import build_sam
-from sam_lightning.training.evaluation import single_prompt_ious
+from sam_lightning.training.evaluation import (
+    corrective_click_ious,
+    interior_points,
+    single_prompt_ious,
+)
 from sam_lightning.training.interactive import simulate_interactive
 from sam_lightning.training.optim import build_optimizer, freeze
+from sam_lightning.training.overlays import validation_panels
+
+#: The checkpoint entry holding :attr:`SamTrainingModule.batches_seen`.
+POSITION_KEY = "sam_lightning_batches_seen"
 
 
 class SamTrainingModule(L.LightningModule):
@@ -25,12 +34,24 @@ class SamTrainingModule(L.LightningModule):
         image_size: encoder input side (1024 for the official checkpoints).
         frozen: parts without gradients (``image_encoder``, ``prompt_encoder``,
             ``mask_decoder``).
+        drop_path_rate: stochastic depth of the encoder's last block (linear over depth; App.
+            A uses 0.4).
+        activation_checkpointing: recompute encoder blocks in the backward pass (less memory).
         lr, weight_decay, betas, layer_decay, warmup_steps, milestones, decay_factor:
             AdamW, layer-wise decay of the ViT and the warm-up + step schedule (per step).
         num_point_rounds, box_probability, focal_weight, dice_weight, iou_weight:
             the simulated interactive session.
-        seed: base seed of the prompt sampling (combined with the step and the rank, so
-            a resumed run samples what the uninterrupted one would have).
+        val_clicks: validation also logs the mIoU after 2 .. ``val_clicks`` clicks
+            (``val/miou_<k>clicks``: each next click at the deepest error pixel, App. D.1).
+        val_images: validation images shown with their masks (ground truth beside the 1-point
+            prediction) to loggers that take images (W&B), at every validation.
+        seed: base seed of the prompt sampling (combined with the batch position and the
+            rank, so a resumed run samples what the uninterrupted one would have).
+
+    Attributes:
+        batches_seen: training batches this rank has started, kept in checkpoints: the data
+            position of :class:`~sam_lightning.data.datamodule.SamDataModule` and the seed of
+            each batch's prompt sampling.
     """
 
     def __init__(
@@ -39,6 +60,8 @@ class SamTrainingModule(L.LightningModule):
         checkpoint: str | None = None,
         image_size: int = 1024,
         frozen: Sequence[str] = (),
+        drop_path_rate: float = 0.0,
+        activation_checkpointing: bool = False,
         lr: float = 8e-4,
         weight_decay: float = 0.1,
         betas: Sequence[float] = (0.9, 0.999),
@@ -51,6 +74,8 @@ class SamTrainingModule(L.LightningModule):
         focal_weight: float = 20.0,
         dice_weight: float = 1.0,
         iou_weight: float = 1.0,
+        val_clicks: int = 5,
+        val_images: int = 4,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -61,6 +86,8 @@ class SamTrainingModule(L.LightningModule):
                 "checkpoint": checkpoint,
                 "image_size": int(image_size),
                 "frozen": list(frozen),
+                "drop_path_rate": float(drop_path_rate),
+                "activation_checkpointing": bool(activation_checkpointing),
                 "lr": float(lr),
                 "weight_decay": float(weight_decay),
                 "betas": [float(b) for b in betas],
@@ -73,11 +100,36 @@ class SamTrainingModule(L.LightningModule):
                 "focal_weight": float(focal_weight),
                 "dice_weight": float(dice_weight),
                 "iou_weight": float(iou_weight),
+                "val_clicks": int(val_clicks),
+                "val_images": int(val_images),
                 "seed": int(seed),
             }
         )
-        self.model = build_sam(model_type, checkpoint=checkpoint, image_size=image_size).train()
+        self.model = build_sam(
+            model_type,
+            checkpoint=checkpoint,
+            image_size=image_size,
+            drop_path_rate=drop_path_rate,
+            activation_checkpointing=activation_checkpointing,
+        ).train()
         freeze(self.model, frozen)
+        self.batches_seen = 0
+        names = ["1pt", "box", *[f"{k}clicks" for k in range(2, int(val_clicks) + 1)]]
+        self.val_ious = torch.nn.ModuleDict({name: MeanMetric() for name in names})
+
+    def on_train_batch_start(self, batch: Any, batch_index: int) -> None:
+        # Counted at the start: a checkpoint written at this batch's end includes it.
+        self.batches_seen += 1
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[POSITION_KEY] = self.batches_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if POSITION_KEY not in checkpoint:
+            raise KeyError(
+                f"checkpoint has no {POSITION_KEY!r}: it was not written by SamTrainingModule"
+            )
+        self.batches_seen = int(checkpoint[POSITION_KEY])
 
     def _embeddings(self, batch: dict[str, Any]) -> Tensor:
         """Image embeddings of the batch: the unpadded images are normalised and padded by
@@ -92,13 +144,25 @@ class SamTrainingModule(L.LightningModule):
         return self.model.encode_images(images)
 
     def _generator(self) -> torch.Generator:
+        """The prompt sampler of the current batch (``batches_seen - 1``) on this rank."""
         generator = torch.Generator(device=self.device)
-        seed = (self.hparams.seed * 1_000_003 + self.global_step) * 4099 + self.global_rank
+        batch = self.batches_seen - 1
+        seed = (self.hparams.seed * 1_000_003 + batch) * 4099 + self.global_rank
         return generator.manual_seed(seed % (2**63))
 
-    def training_step(self, batch: dict[str, Any], batch_index: int) -> Tensor | None:
-        if len(batch["masks"]) == 0:
-            return None  # no usable mask in these images: skip the step
+    def _zero_for(self, parameters: Any) -> Tensor:
+        """0 connected to every trainable parameter given (their gradients become 0, not None),
+        so that DDP, which needs every rank to reduce the same parameters, never waits for
+        a gradient that one rank did not produce."""
+        total = torch.zeros((), device=self.device)
+        for parameter in parameters:
+            if parameter.requires_grad:
+                total = total + parameter.sum() * 0.0
+        return total
+
+    def training_step(self, batch: dict[str, Any], batch_index: int) -> Tensor:
+        if len(batch["masks"]) == 0:  # no usable mask in these images: zero gradients (AdamW
+            return self._zero_for(self.model.parameters())  # still decays), ranks in step
         embeddings = self._embeddings(batch)
         hp = self.hparams
         out = simulate_interactive(
@@ -126,17 +190,65 @@ class SamTrainingModule(L.LightningModule):
         # Bad samples the loader skipped (counted in the process that built the batch).
         skipped = float(batch.get("num_skipped", 0))
         self.log("train/skipped_samples", skipped, reduce_fx="sum", batch_size=size)
-        return out["loss"]
+        # A batch without box prompts (or without clicks) leaves some prompt embeddings unused.
+        return out["loss"] + self._zero_for(self.model.prompt_encoder.parameters())
 
     def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
         if len(batch["masks"]) == 0:
             return
-        ious = single_prompt_ious(
-            self.model, self._embeddings(batch), batch["masks"], batch["image_index"]
+        embeddings = self._embeddings(batch)
+        masks, image_index = batch["masks"], batch["image_index"]
+        ious = single_prompt_ious(self.model, embeddings, masks, image_index)
+        if self.hparams.val_clicks > 1:
+            clicks = corrective_click_ious(
+                self.model, embeddings, masks, image_index, self.hparams.val_clicks
+            )
+            ious.update({f"{k}clicks": clicks[:, k - 1] for k in range(2, clicks.shape[1] + 1)})
+        for name, values in ious.items():
+            metric = self.val_ious[name]
+            metric.update(values.float())
+            # A metric object: Lightning syncs it across ranks weighted by the mask counts.
+            self.log(f"val/miou_{name}", metric, prog_bar=name != "box", on_epoch=True)
+        if batch_index == 0 and not self.trainer.sanity_checking:
+            self._log_examples(batch, embeddings)
+
+    @torch.no_grad()
+    def _log_examples(self, batch: dict[str, Any], embeddings: Tensor) -> None:
+        """Ground truth beside the 1-point predictions (click drawn) for the first
+        ``val_images`` images of the batch, to every logger with ``log_image`` (W&B)."""
+        loggers = [lg for lg in self.loggers if hasattr(lg, "log_image")]
+        count = min(self.hparams.val_images, len(batch["images"]))
+        if not loggers or count == 0 or self.global_rank != 0:
+            return
+        chosen = batch["image_index"] < count
+        masks, image_index = batch["masks"][chosen], batch["image_index"][chosen]
+        points = interior_points(masks)
+        low_res, scores = self.model.decode(
+            embeddings,
+            point_coords=points[:, None].float(),
+            point_labels=torch.ones(len(masks), 1, dtype=torch.int, device=masks.device),
+            multimask_output=True,
+            image_index=image_index,
         )
-        size = len(batch["masks"])
-        self.log("val/miou_1pt", ious["1pt"].mean(), prog_bar=True, batch_size=size, sync_dist=True)
-        self.log("val/miou_box", ious["box"].mean(), prog_bar=True, batch_size=size, sync_dist=True)
+        best = low_res[torch.arange(len(low_res)), scores.argmax(1), None]
+        size = masks.shape[-2:]
+        upscaled = torch.nn.functional.interpolate(best, size, mode="bilinear")
+        predicted = upscaled[:, 0] > self.model.mask_threshold
+        panels = []
+        for i in range(count):
+            height, width = batch["input_size"][i].tolist()
+            mine = image_index == i
+            clicks = [(x, y, 1) for x, y in points[mine].tolist()]
+            panels.append(
+                validation_panels(
+                    batch["images"][i][:, :height, :width],
+                    masks[mine][:, :height, :width],
+                    predicted[mine][:, :height, :width],
+                    points=clicks,
+                )
+            )
+        for logger in loggers:
+            logger.log_image(key="val/examples", images=panels, step=self.global_step)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

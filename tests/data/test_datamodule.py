@@ -66,8 +66,8 @@ def test_build_dataset_errors(kind, kwargs, message):
 
 
 def test_bad_kind_in_spec_raises_naming_it():
-    module = make_datamodule(train={"kind": "coco", "num_images": 2})
-    with pytest.raises(ValueError, match="'coco'"):
+    module = make_datamodule(train={"kind": "cityscapes", "num_images": 2})
+    with pytest.raises(ValueError, match="'cityscapes'"):
         module.train_loader()
     with pytest.raises(ValueError, match="needs a 'kind'"):
         make_datamodule(val={"num_images": 2}).val_loader()
@@ -91,46 +91,71 @@ def test_train_batches_have_collate_structure():
     assert module.skipped == 0
 
 
-def test_drop_last_applies_to_training_only():
+def test_train_batches_are_full_and_val_keeps_every_item():
     module = make_datamodule(val={"kind": "synthetic", "num_images": 5, "image_size": 40})
     module.train_spec["num_images"] = 5
-    assert len(module.train_loader()) == 2
+    loader = module.train_loader()
+    assert len(loader) == 2  # a window is one pass: 5 // 2 batches
+    assert [len(batch["images"]) for batch in loader] == [2, 2]
     assert [len(batch["images"]) for batch in module.val_loader()] == [2, 2, 1]
-    assert len(make_datamodule(drop_last=False, train=dict(module.train_spec)).train_loader()) == 3
 
 
-def test_train_order_and_augmentation_reproducible_per_epoch():
-    epoch0 = batches(make_datamodule().train_loader(epoch=0))
-    assert_same_batches(epoch0, batches(make_datamodule().train_loader(epoch=0)))
-    loader = make_datamodule().train_loader(epoch=0)
-    assert_same_batches(batches(loader), batches(loader))  # iter() twice: the same epoch
-
-    epoch1 = batches(make_datamodule().train_loader(epoch=1))
-    order0 = [s for b in epoch0 for s in b["sources"]]
-    order1 = [s for b in epoch1 for s in b["sources"]]
+def test_stream_passes_are_permutations_with_fresh_augmentation():
+    """Batches 0-2 are pass 0 over the 6 images, batches 3-5 pass 1: the same images in
+    another order, augmented differently (LSJ is on); everything reproducible."""
+    pass0 = batches(make_datamodule().train_loader(position=0))
+    assert_same_batches(pass0, batches(make_datamodule().train_loader(position=0)))
+    loader = make_datamodule().train_loader(position=0)
+    assert_same_batches(batches(loader), batches(loader))  # iter() twice: the same window
+    pass1 = batches(make_datamodule().train_loader(position=3))
+    order0 = [s for b in pass0 for s in b["sources"]]
+    order1 = [s for b in pass1 for s in b["sources"]]
     assert sorted(order0) == sorted(order1) and order0 != order1
     assert len(set(order0)) == 6
-    # The same image is augmented differently in another epoch (LSJ is on).
-    images0 = {s: img for b in epoch0 for s, img in zip(b["sources"], b["images"])}
-    images1 = {s: img for b in epoch1 for s, img in zip(b["sources"], b["images"])}
+    images0 = {s: img for b in pass0 for s, img in zip(b["sources"], b["images"])}
+    images1 = {s: img for b in pass1 for s, img in zip(b["sources"], b["images"])}
     assert any(not torch.equal(images0[s], images1[s]) for s in images0)
-    # Another seed, another order.
-    assert sources(make_datamodule(seed=6).train_loader(epoch=0)) != order0
+    assert sources(make_datamodule(seed=6).train_loader(position=0)) != order0
 
 
-def test_sampler_set_epoch_moves_order_and_augmentation():
-    """Lightning calls ``set_epoch`` on the sampler at each epoch start."""
-    loader = make_datamodule().train_loader(epoch=0)
-    loader.sampler.set_epoch(2)
-    assert_same_batches(batches(loader), batches(make_datamodule().train_loader(epoch=2)))
+def test_a_window_starts_at_the_position_read_at_each_iter():
+    """A window may span passes; ``iter()`` reads the position afresh and yields from it to
+    the end of its window, so a resumed run continues with the next unseen batch."""
+    whole = batches(make_datamodule().train_loader(position=0, num_batches=5))
+    assert len(whole) == 5  # batches 3 and 4 come from pass 1
+    consumed = [2]
+    loader = make_datamodule().train_loader(position=lambda: consumed[0], num_batches=5)
+    assert len(loader) == 5  # Lightning's batch count is the whole window's
+    assert_same_batches(batches(loader), whole[2:])
+    consumed[0] = 6  # window 1: batches 6..9
+    later = batches(make_datamodule().train_loader(position=0, num_batches=10))[6:]
+    assert_same_batches(batches(loader), later)
 
 
-def test_train_dataloader_starts_at_the_trainers_epoch():
+def trainer_stub(**kwargs) -> SimpleNamespace:
+    fields = {"max_steps": -1, "accumulate_grad_batches": 1, "global_rank": 0, "world_size": 1}
+    fields["current_epoch"] = 0
+    return SimpleNamespace(**{**fields, **kwargs})
+
+
+def test_train_dataloader_starts_at_the_modules_position():
     module = make_datamodule()
-    module.trainer = SimpleNamespace(current_epoch=3)
-    assert_same_batches(
-        batches(module.train_dataloader()), batches(make_datamodule().train_loader(epoch=3))
+    module.trainer = trainer_stub(lightning_module=SimpleNamespace(batches_seen=4))
+    loader = module.train_dataloader()
+    assert len(loader) == 3
+    reference = batches(make_datamodule().train_loader(position=0, num_batches=6))
+    assert_same_batches(batches(loader), reference[4:6])
+    # Iteration-based training: the whole run (max_steps x accumulation) is one window.
+    module.trainer = trainer_stub(
+        lightning_module=SimpleNamespace(batches_seen=1), max_steps=4, accumulate_grad_batches=2
     )
+    loader = module.train_dataloader()
+    assert len(loader) == 8
+    reference = batches(make_datamodule().train_loader(position=0, num_batches=8))
+    assert_same_batches(batches(loader), reference[1:])
+    # A LightningModule that does not count batches: the start of the trainer's epoch.
+    module.trainer = trainer_stub(lightning_module=object(), current_epoch=1)
+    assert_same_batches(batches(module.train_dataloader()), reference[3:6])
 
 
 def test_val_is_deterministic_unshuffled_and_unlike_train():
@@ -180,11 +205,9 @@ def test_corrupt_file_is_skipped_counted_and_logged(tmp_path, caplog):
 def test_workers_give_the_same_batches_and_count_skips(tmp_path):
     corrupt_directory(tmp_path, count=6, bad=3)
     train = {"kind": "sa1b", "roots": str(tmp_path)}
-    single = batches(make_datamodule(train=train).train_loader(epoch=1))
+    single = batches(make_datamodule(train=train).train_loader(position=3))
     module = make_datamodule(train=train, num_workers=2)
-    loader = module.train_loader(epoch=0)
-    loader.sampler.set_epoch(1)  # before the workers start, as Lightning does
-    workers = batches(loader)
+    workers = batches(module.train_loader(position=3))
     assert_same_batches(single, workers)
     assert sum(batch["num_skipped"] for batch in workers) == 1
     assert module.skipped == 0  # the workers counted it
@@ -224,6 +247,7 @@ def test_trainer_sees_each_epochs_batches(tmp_path, reload):
         enable_model_summary=False,
         limit_val_batches=0,
         reload_dataloaders_every_n_epochs=reload,
+        use_distributed_sampler=False,
         default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=module)
@@ -231,41 +255,29 @@ def test_trainer_sees_each_epochs_batches(tmp_path, reload):
     for epoch, seen in model.seen.items():
         expected = [
             (source, int(image.sum()))
-            for batch in make_datamodule().train_loader(epoch)
+            for batch in make_datamodule().train_loader(position=3 * epoch)
             for source, image in zip(batch["sources"], batch["images"])
         ]
         assert seen == expected, epoch
 
 
-def test_distributed_sampler_injection_keeps_the_epoch_order():
-    """What Lightning does to the loader under DDP (``use_distributed_sampler=True``): wrap the
-    sampler, rebuild the DataLoader, call ``set_epoch`` on the wrapper at each epoch start."""
-    from lightning.fabric.utilities.data import _set_sampler_epoch
-    from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
-    from lightning.pytorch.trainer.states import RunningStage
-    from lightning.pytorch.utilities.data import _is_dataloader_shuffled, _update_dataloader
-
-    per_rank = []
+def test_ranks_split_the_stream_and_the_validation_items():
+    """Rank r of W takes global batches r, r + W, ...; validation items r, r + W, ...; the
+    module refuses Lightning's sampler injection on top of its own split."""
+    single = batches(make_datamodule(batch_size=1).train_loader(position=0, num_batches=6))
     for rank in range(2):
-        loader = make_datamodule(drop_last=False).train_loader(epoch=0)
-        shuffle = _is_dataloader_shuffled(loader)
-        sampler = _get_distributed_sampler(
-            loader, shuffle, overfit_batches=0, num_replicas=2, rank=rank
+        split = batches(
+            make_datamodule(batch_size=1).train_loader(position=0, rank=rank, world_size=2)
         )
-        loader = _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
-        _set_sampler_epoch(loader, 1)
-        per_rank.append(batches(loader))
-    epoch1 = [
-        s for b in make_datamodule(drop_last=False).train_loader(epoch=1) for s in b["sources"]
-    ]
-    assert [s for b in per_rank[0] for s in b["sources"]] == epoch1[0::2]
-    assert [s for b in per_rank[1] for s in b["sources"]] == epoch1[1::2]
-    # Augmentations follow the epoch too.
-    single = {
-        s: image
-        for b in make_datamodule(drop_last=False).train_loader(epoch=1)
-        for s, image in zip(b["sources"], b["images"])
-    }
-    for b in per_rank[0] + per_rank[1]:
-        for s, image in zip(b["sources"], b["images"]):
-            assert torch.equal(image, single[s])
+        assert len(split) == 3
+        assert_same_batches(split, single[rank::2])
+    val = make_datamodule(val={"kind": "synthetic", "num_images": 5, "image_size": 40})
+    names = [sources(val.val_loader(rank=rank, world_size=2)) for rank in range(2)]
+    everything = sources(val.val_loader())
+    assert names == [everything[0::2], everything[1::2]]
+    module = make_datamodule()
+    module.trainer = trainer_stub(
+        world_size=2, _accelerator_connector=SimpleNamespace(use_distributed_sampler=True)
+    )
+    with pytest.raises(ValueError, match="use_distributed_sampler=False"):
+        module.train_dataloader()

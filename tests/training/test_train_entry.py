@@ -3,6 +3,7 @@ checkpoints are written, and a resumed run continues exactly."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def test_a_few_steps_write_metrics_and_checkpoints(tmp_path):
     metrics = train(config("trainer.max_steps=2"), tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == pytest.approx(metrics)
-    assert {"val/miou_1pt", "val/miou_box", "train/loss"} <= set(saved)
+    assert {"val/miou_1pt", "val/miou_box", "val/miou_5clicks", "train/loss"} <= set(saved)
     assert saved["step"] == 2
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
@@ -65,21 +66,80 @@ def final_weights(run_dir) -> dict[str, torch.Tensor]:
     return state["state_dict"]
 
 
-def test_resume_at_an_epoch_boundary_continues_exactly(tmp_path):
-    """2 steps (one epoch), then resume for one more step, equals 3 steps in one go: the
-    weights, optimiser and schedule state, data order and prompt sampling all continue."""
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    no_val = "trainer.val_check_interval=100"  # checkpoints at the end of each epoch
-    train(config("trainer.max_steps=3", no_val), straight)
-    train(config("trainer.max_steps=2", no_val), split)
-    first_epoch = final_weights(split)
-    train(config("trainer.max_steps=3", "resume=true", no_val), split)
-    expected, actual = final_weights(straight), final_weights(split)
+def logged_losses(run_dir) -> dict[int, float]:
+    """``train/loss`` per step from every CSV log of the run (a resumed run adds a version)."""
+    losses = {}
+    for path in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
+        with path.open() as file:
+            for row in csv.DictReader(file):
+                if row.get("train/loss"):
+                    losses[int(row["step"])] = float(row["train/loss"])
+    return losses
+
+
+def assert_same_weights(expected: dict, actual: dict) -> None:
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.equal(actual[name], expected[name]), name
+
+
+RESUME = ["trainer.val_check_interval=2", "checkpoint.every_n_steps=0"]
+
+
+@pytest.fixture(scope="module")
+def straight_runs(tmp_path_factory):
+    """Uninterrupted 4-step runs (validation after steps 2 and 4), with and without gradient
+    accumulation over 2 batches."""
+    runs = {}
+    for accumulate in (1, 2):
+        run_dir = tmp_path_factory.mktemp(f"straight{accumulate}")
+        extra = f"trainer.accumulate_grad_batches={accumulate}"
+        train(config("trainer.max_steps=4", *RESUME, extra), run_dir)
+        runs[accumulate] = run_dir
+    return runs
+
+
+@pytest.mark.parametrize(("stop", "accumulate"), [(1, 1), (3, 1), (3, 2)])
+def test_resume_continues_exactly(tmp_path, straight_runs, stop, accumulate):
+    """Stopping after ``stop`` steps (mid-epoch, at a validation, after a validation) and
+    resuming with ``resume=true`` logs the same losses and ends with the same weights as the
+    uninterrupted run: weights, optimiser and schedule state, data position and prompt
+    sampling all continue."""
+    extra = [*RESUME, f"trainer.accumulate_grad_batches={accumulate}"]
+    train(config(f"trainer.max_steps={stop}", *extra), tmp_path)
+    stopped = final_weights(tmp_path)
+    train(config("trainer.max_steps=4", "resume=true", *extra), tmp_path)
+    straight = straight_runs[accumulate]
+    expected, actual = logged_losses(straight), logged_losses(tmp_path)
+    assert len(expected) == 4 and actual == expected
+    assert_same_weights(final_weights(straight), final_weights(tmp_path))
     name = "model.mask_decoder.iou_token.weight"
-    assert not torch.equal(first_epoch[name], expected[name]), "the resumed step must train"
+    assert not torch.equal(stopped[name], final_weights(tmp_path)[name]), "resumed steps train"
+
+
+def test_resume_from_a_checkpoint_written_at_validation(tmp_path, straight_runs):
+    """A crash after step 3 leaves the checkpoint of the validation at step 2: continuing
+    from it with ``ckpt_path`` repeats steps 3 and 4 exactly."""
+    straight = straight_runs[1]
+    (best,) = (straight / "checkpoints").glob("best-step=*.ckpt")
+    state = torch.load(best, weights_only=True)
+    assert state["global_step"] in (2, 4)
+    copied = tmp_path / "at_validation.ckpt"
+    copied.write_bytes(best.read_bytes())
+    train(config("trainer.max_steps=4", *RESUME, f"ckpt_path={copied}"), tmp_path / "run")
+    assert_same_weights(final_weights(straight), final_weights(tmp_path / "run"))
+    resumed = logged_losses(tmp_path / "run")
+    expected = logged_losses(straight)
+    assert resumed == {step: v for step, v in expected.items() if step >= state["global_step"]}
+
+
+def test_last_checkpoint_is_the_latest_step(tmp_path):
+    """``last.ckpt`` follows every validation and the end of training, also when a
+    validation is not the best (Lightning's own ``save_last`` would leave it behind)."""
+    train(config("trainer.max_steps=3", "trainer.val_check_interval=1"), tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 3 and state["sam_lightning_batches_seen"] == 3
+    assert not list((tmp_path / "checkpoints").glob(".*tmp"))  # no leftover temporary file
 
 
 def test_command_line_runs(tmp_path):
@@ -110,7 +170,6 @@ def test_interior_point_is_the_deepest_pixel():
     assert points[1].tolist() == [51, 1]
     assert points[2].tolist() == [0, 0]
     big = torch.zeros(1, 1024, 1024, dtype=torch.bool)
-    big[0, 100:701, 200:401] = True  # coarse grid path: the point must lie deep inside
-    x, y = interior_points(big)[0].tolist()
+    big[0, 100:701, 200:401] = True  # a tall plateau of depth 101 (rows 200 to 600)
     # ties go to the first pixel in raster order: the top of the tall plateau
-    assert big[0, y, x] and 280 <= x <= 320 and 190 <= y <= 610
+    assert interior_points(big)[0].tolist() == [300, 200]

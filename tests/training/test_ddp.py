@@ -1,0 +1,110 @@
+"""Two processes on loopback train together with DDP over gloo, launched as two "nodes"
+exactly as the README shows (MASTER_ADDR, MASTER_PORT, NODE_RANK, WORLD_SIZE per process),
+and end with identical weights, each having trained on its own half of the data."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+# Runs the real command line; on_train_end also saves each rank's weights and the sources of
+# the images it trained on, so the test can compare the ranks.
+LAUNCH = textwrap.dedent(
+    """
+    import json, os, sys, torch
+    from sam_lightning.training.module import SamTrainingModule
+
+    seen = []
+    train_step = SamTrainingModule.training_step
+
+    def recording_step(self, batch, index):
+        seen.extend(batch["sources"])
+        return train_step(self, batch, index)
+
+    def on_train_end(self):
+        out = os.environ["RANK_OUTPUT"] + f"/rank{self.global_rank}"
+        torch.save(self.model.state_dict(), out + ".pt")
+        with open(out + ".json", "w") as file:
+            json.dump({"sources": seen, "world_size": self.trainer.world_size}, file)
+
+    SamTrainingModule.training_step = recording_step
+    SamTrainingModule.on_train_end = on_train_end
+    from sam_lightning.train import main
+    sys.argv = ["sam_lightning.train", *sys.argv[1:]]
+    main()
+    """
+)
+
+OVERRIDES = [
+    "+exp=demo",
+    "model.image_size=64",
+    "data.train.num_images=8",
+    "data.train.image_size=64",
+    "data.val.num_images=2",
+    "data.val.image_size=64",
+    "data.batch_size=2",
+    "data.max_masks=3",
+    "training.num_point_rounds=1",
+    "trainer.max_steps=3",
+    "trainer.val_check_interval=3",
+    "+trainer.enable_progress_bar=false",
+    "trainer.num_nodes=2",
+    "trainer.devices=1",
+    "trainer.accelerator=cpu",
+    "trainer.strategy=ddp",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_on_loopback_train_together(tmp_path):
+    run_dir, outputs = tmp_path / "run", tmp_path / "ranks"
+    outputs.mkdir()
+    port = free_port()
+    processes = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "NODE_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "RANK_OUTPUT": str(outputs),
+            "OMP_NUM_THREADS": "1",
+        }
+        command = [sys.executable, "-c", LAUNCH, *OVERRIDES, f"hydra.run.dir={run_dir}"]
+        processes.append(
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        )
+    logs = [process.communicate(timeout=900)[0].decode() for process in processes]
+    for process, log in zip(processes, logs):
+        assert process.returncode == 0, log[-3000:]
+
+    weights = [torch.load(outputs / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
+    records = [json.loads((outputs / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [record["world_size"] for record in records] == [2, 2]
+    first, second = records[0]["sources"], records[1]["sources"]
+    assert len(first) == len(second) == 3 * 2  # 3 steps x 2 images per rank
+    assert not set(first) & set(second[:2])  # the first batches differ between the ranks
+    # One run directory: rank 0 wrote the checkpoint and the metrics there.
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["step"] == 3
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for name, value in weights[0].items():
+        assert torch.equal(state[f"model.{name}"], value), name

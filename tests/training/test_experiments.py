@@ -1,0 +1,184 @@
+"""Every experiment in conf/exp composes and trains a few steps on CPU (shrunk to vit_tiny at
+64 px, with generated data and a checkpoint in the official layout), and W&B offline logging
+writes a run directory holding the metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from PIL import Image
+
+from sam_lightning._config import config_dir
+from sam_lightning.data.synthetic import SyntheticShapes, write_sa1b
+from sam_lightning.modeling.build import build_sam
+from sam_lightning.modeling.checkpoint import save_checkpoint
+from sam_lightning.train import build_strategy, train
+
+EXPERIMENTS = sorted(path.stem for path in (config_dir() / "exp").glob("*.yaml"))
+
+SHRINK = [
+    "model.type=vit_tiny",
+    "model.image_size=64",
+    "model.activation_checkpointing=false",
+    "data.batch_size=2",
+    "data.max_masks=3",
+    "data.num_workers=0",
+    "training.num_point_rounds=1",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.num_nodes=1",
+    "trainer.strategy=auto",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+    "+trainer.enable_progress_bar=false",
+    "+trainer.enable_model_summary=false",
+]
+
+
+def compose_experiment(name: str, *overrides: str) -> dict:
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"+exp={name}", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def write_coco(directory: Path, seed: int) -> dict[str, str]:
+    """A COCO-format instances file (compressed RLEs) of 4 synthetic 64 x 80 images."""
+    dataset = SyntheticShapes(4, (64, 80), seed=seed)
+    images, annotations = [], []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        name = f"{index:04d}.png"
+        Image.fromarray(item["image"]).save(directory / name)
+        images.append({"id": index + 1, "file_name": name, "height": 64, "width": 80})
+        for ann in item["annotations"]:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": index + 1,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "segmentation": ann["segmentation"],
+                    "area": ann["area"],
+                    "bbox": ann["bbox"],
+                }
+            )
+    path = directory / "instances.json"
+    document = {"images": images, "annotations": annotations, "categories": [{"id": 1}]}
+    path.write_text(json.dumps(document))
+    return {"annotations": str(path), "images": str(directory)}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("assets")
+    official = root / "sam_vit_tiny_official.pth"
+    model = build_sam("vit_tiny", image_size=64)
+    with torch.no_grad():  # distinguishable from a fresh random initialisation
+        for parameter in model.parameters():
+            parameter.add_(0.01)
+    save_checkpoint(model, official, format="torch")
+    paths = {"checkpoint": official, "state": model.state_dict()}
+    for split, seed in (("train", 0), ("val", 1)):
+        coco_dir, sa1b_dir = root / f"coco_{split}", root / f"sa1b_{split}"
+        coco_dir.mkdir()
+        paths[f"coco_{split}"] = write_coco(coco_dir, seed)
+        write_sa1b(SyntheticShapes(4, (64, 80), seed=seed), sa1b_dir)
+        paths[f"sa1b_{split}"] = str(sa1b_dir)
+    return paths
+
+
+def data_overrides(config: dict, assets: dict) -> list[str]:
+    """Paths for the experiment's dataset kind."""
+    overrides = []
+    for split in ("train", "val"):
+        kind = config["data"][split]["kind"]
+        if kind in ("coco", "lvis"):
+            coco = assets[f"coco_{split}"]
+            overrides += [f"data.{split}.{key}={value}" for key, value in coco.items()]
+        elif kind == "sa1b":
+            overrides.append(f"data.{split}.roots={assets[f'sa1b_{split}']}")
+    return overrides
+
+
+def test_every_experiment_is_a_delta_file():
+    assert {"demo", "finetune_coco_vit_b", "finetune_sa1b_vit_h", "multinode"} <= set(
+        EXPERIMENTS
+    )
+    assert "finetune_frozen_encoder" in EXPERIMENTS
+    for name in EXPERIMENTS:
+        text = (config_dir() / "exp" / f"{name}.yaml").read_text()
+        assert text.startswith("# @package _global_"), name
+
+
+def test_paper_recipe_numbers():
+    config = compose_experiment("finetune_sa1b_vit_h", "model.checkpoint=null")
+    optim = config["optim"]
+    assert optim["lr"] == 8e-4 and optim["weight_decay"] == 0.1 and optim["layer_decay"] == 0.8
+    assert optim["milestones"] == [60000, 86666] and optim["warmup_steps"] == 250
+    assert config["trainer"]["max_steps"] == 90000 and config["model"]["drop_path_rate"] == 0.4
+    trainer = config["trainer"]
+    assert trainer["num_nodes"] * trainer["devices"] * config["data"]["batch_size"] == 256
+    assert config["data"]["max_masks"] == 64 and config["data"]["lsj"] is False
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_trains_a_few_steps(name, assets, tmp_path):
+    config = compose_experiment(name, "model.checkpoint=null")
+    overrides = [*SHRINK, *data_overrides(config, assets)]
+    if name != "demo":
+        overrides.append(f"model.checkpoint={assets['checkpoint']}")
+    config = compose_experiment(name, *overrides)
+    metrics = train(config, tmp_path)
+    assert metrics["step"] == 2 and 0.0 <= metrics["val/miou_1pt"] <= 1.0
+    assert np.isfinite(metrics["train/loss"])
+    trained = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    if name == "demo":
+        return
+    official = assets["state"]
+    # Started from the checkpoint: a buffer that never trains still holds its values.
+    name_pe = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+    assert torch.equal(trained[f"model.{name_pe}"], official[name_pe])
+    encoder_unchanged = all(
+        torch.equal(trained[f"model.{key}"], value)
+        for key, value in official.items()
+        if key.startswith("image_encoder.")
+    )
+    assert encoder_unchanged == ("image_encoder" in config["model"]["frozen"])
+
+
+def test_fsdp_trainer_builds_an_fsdp_strategy():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    config = compose_experiment("finetune_sa1b_vit_h", "model.checkpoint=null", "trainer=fsdp")
+    strategy = build_strategy(config["trainer"]["strategy"])
+    assert isinstance(strategy, FSDPStrategy)
+    assert config["trainer"]["precision"] == "bf16-mixed"
+    with pytest.raises(ValueError, match="name: fsdp"):
+        build_strategy({"name": "deepspeed"})
+
+
+def test_wandb_offline_writes_a_run_with_the_metrics(assets, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = compose_experiment("demo", *SHRINK, "logger=wandb", "run_name=wandb_test")
+    train(config, tmp_path)
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    (log,) = run.glob("run-*.wandb")
+    contents = log.read_bytes()
+    for key in (b"val/miou_1pt", b"val/miou_5clicks", b"train/loss", b"wandb_test"):
+        assert key in contents, key
+    # The validation panels (ground truth | 1-point prediction) of the 2 images of the one
+    # validation (not of the sanity check), as PNG files.
+    panels = sorted(run.glob("files/media/images/val/examples_*.png"))
+    assert len(panels) == 2
+    with Image.open(panels[0]) as image:
+        assert image.size[0] > image.size[1]  # two panels side by side
+    assert json.loads((tmp_path / "metrics.json").read_text())["step"] == 2
