@@ -10,7 +10,7 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name 
 EXTENSION_STAMP := $(VENV)/.extension-built
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-amg test test-slow bench env clean
+.PHONY: install demo demo-segment demo-amg test test-slow bench env clean
 
 $(VENV)/.deps-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,10 @@ $(EXTENSION_STAMP): $(VENV)/.deps-installed setup.py $(CSRC)
 
 install: $(EXTENSION_STAMP)  ## create .venv, install dependencies, build sam_lightning._C
 
-demo: install  ## the main job: segment a demo image from the command line
+demo: install  ## the main job: train vit_tiny on the synthetic shapes (CPU, < 10 minutes)
+	$(PY) -m sam_lightning.train +exp=demo
+
+demo-segment: install  ## segment a demo image from the command line (random weights)
 	$(PY) tools/make_demo_image.py demo_output/scene.png
 	$(PY) -m sam_lightning.segment demo_output/scene.png --model-type vit_b \
 		--box 70,70,250,250 --box 330,80,580,230 --box 400,290,600,430 --output demo_output/masks
@@ -48,6 +51,7 @@ bench: install  ## speed against the references; figures go to docs/benchmarks.m
 	$(PY) tools/bench_predictor.py
 	$(PY) tools/bench_postprocess.py
 	$(PY) tools/bench_amg.py
+	$(PY) tools/bench_train.py
 
 env: install  ## report versions and which compiled kernels are available
 	$(PY) tools/collect_env.py
