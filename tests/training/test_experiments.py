@@ -30,6 +30,7 @@ SHRINK = [
     "data.max_masks=3",
     "data.num_workers=0",
     "training.num_point_rounds=1",
+    "training.val_clicks=3",
     "trainer.accelerator=cpu",
     "trainer.devices=1",
     "trainer.num_nodes=1",
@@ -173,7 +174,7 @@ def test_wandb_offline_writes_a_run_with_the_metrics(assets, tmp_path, monkeypat
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
     (log,) = run.glob("run-*.wandb")
     contents = log.read_bytes()
-    for key in (b"val/miou_1pt", b"val/miou_5clicks", b"train/loss", b"wandb_test"):
+    for key in (b"val/miou_1pt", b"val/miou_3clicks", b"train/loss", b"wandb_test"):
         assert key in contents, key
     # The validation panels (ground truth | 1-point prediction) of the 2 images of the one
     # validation (not of the sanity check), as PNG files.

@@ -27,6 +27,7 @@ TINY = [
     "data.batch_size=2",
     "data.max_masks=3",
     "training.num_point_rounds=2",
+    "training.val_clicks=3",
     "trainer.val_check_interval=2",
     "trainer.log_every_n_steps=1",
     "+trainer.enable_progress_bar=false",
@@ -54,7 +55,7 @@ def test_a_few_steps_write_metrics_and_checkpoints(tmp_path):
     metrics = train(config("trainer.max_steps=2"), tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == pytest.approx(metrics)
-    assert {"val/miou_1pt", "val/miou_box", "val/miou_5clicks", "train/loss"} <= set(saved)
+    assert {"val/miou_1pt", "val/miou_box", "val/miou_3clicks", "train/loss"} <= set(saved)
     assert saved["step"] == 2
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
