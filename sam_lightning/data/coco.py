@@ -25,7 +25,6 @@ the annotation (its position and ``id``) and the field.
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 from collections.abc import Iterable
@@ -36,7 +35,15 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from sam_lightning.data.sa1b import SA1BFormatError, SA1BSample, read_image
+from sam_lightning.data.sa1b import (
+    SA1BFormatError,
+    SA1BSample,
+    _bad,
+    _is_int,
+    _is_number,
+    _kind,
+    read_image,
+)
 
 __all__ = ["CocoDataset", "LvisDataset"]
 
@@ -53,22 +60,6 @@ def _pycocotools_mask() -> ModuleType:
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
-
-
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), repr(value)[:60])
-
-
-def _bad(value: Any, expected: str) -> str:
-    return f"expected {expected}, got {repr(value)[:80]}"
 
 
 def _where(position: int, ann_id: Any) -> str:

@@ -149,6 +149,7 @@ class TrainStream(Sampler[tuple[int, int]]):
         self.size, self.seed, self.batch_size = size, seed, batch_size
         self.num_batches, self.rank, self.world_size = num_batches, rank, world_size
         self.position = position
+        self._cached: tuple[int, np.ndarray] | None = None  # (pass, its permutation)
 
     def __len__(self) -> int:
         return self.num_batches * self.batch_size
@@ -173,12 +174,10 @@ class TrainStream(Sampler[tuple[int, int]]):
             yield from self.batch_keys(batch)
 
     def _permutation(self, pass_index: int) -> np.ndarray:
-        cached = getattr(self, "_cached", None)
-        if cached is None or cached[0] != pass_index:
+        if self._cached is None or self._cached[0] != pass_index:
             rng = np.random.default_rng([_ORDER_STREAM, self.seed, pass_index])
-            cached = (pass_index, rng.permutation(self.size))
-            self._cached = cached
-        return cached[1]
+            self._cached = (pass_index, rng.permutation(self.size))
+        return self._cached[1]
 
 
 class RankSlice(Sampler[int]):

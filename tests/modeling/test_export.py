@@ -7,13 +7,13 @@ import math
 import os
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+from sam_test_models import build_official
 from torch.utils.data import DataLoader
 
 from sam_lightning.export import export_checkpoint, read_training_checkpoint
@@ -78,43 +78,6 @@ def trained(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     return path, weights
 
 
-def build_official_tiny(official) -> torch.nn.Module:
-    """The official SAM with the vit_tiny encoder at 64 pixels (the official builders only
-    make vit_b/l/h at 1024), as the official ``_build_sam`` assembles it."""
-    modeling, grid = official.modeling, SIZE // 16
-    return modeling.Sam(
-        image_encoder=modeling.ImageEncoderViT(
-            depth=VIT_TINY["depth"],
-            embed_dim=VIT_TINY["embed_dim"],
-            img_size=SIZE,
-            mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=VIT_TINY["num_heads"],
-            patch_size=16,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=VIT_TINY["global"],
-            window_size=VIT_TINY["window"],
-            out_chans=256,
-        ),
-        prompt_encoder=modeling.PromptEncoder(
-            embed_dim=256,
-            image_embedding_size=(grid, grid),
-            input_image_size=(SIZE, SIZE),
-            mask_in_chans=16,
-        ),
-        mask_decoder=modeling.MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=modeling.TwoWayTransformer(
-                depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8
-            ),
-            transformer_dim=256,
-            iou_head_depth=3,
-            iou_head_hidden_dim=256,
-        ),
-    ).eval()
-
-
 def assert_weights(
     state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], ordered: bool = True
 ) -> None:
@@ -156,7 +119,14 @@ def test_export_loads_strictly_in_the_official_model(trained, official, tmp_path
     assert (len(blocks), blocks[0].attn.num_heads) == (VIT_TINY["depth"], VIT_TINY["num_heads"])
     assert [b.window_size for b in blocks] == [14, 0, 14, 0]
 
-    reference = build_official_tiny(official)
+    reference = build_official(
+        VIT_TINY["embed_dim"],
+        VIT_TINY["depth"],
+        VIT_TINY["num_heads"],
+        VIT_TINY["global"],
+        image_size=SIZE,
+        window_size=VIT_TINY["window"],
+    )  # the official builders only make vit_b/l/h at 1024
     with open(out, "rb") as f:  # as the official build_sam does
         result = reference.load_state_dict(torch.load(f), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
