@@ -218,7 +218,7 @@ class SamTrainingModule(L.LightningModule):
         ``val_images`` images of the batch, to every logger with ``log_image`` (W&B)."""
         loggers = [lg for lg in self.loggers if hasattr(lg, "log_image")]
         count = min(self.hparams.val_images, len(batch["images"]))
-        if not loggers or count == 0 or self.global_rank != 0:
+        if not loggers or count <= 0 or self.global_rank != 0:
             return
         chosen = batch["image_index"] < count
         masks, image_index = batch["masks"][chosen], batch["image_index"][chosen]
