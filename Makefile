@@ -15,8 +15,9 @@ PYTEST_ARGS ?=
 $(VENV)/.deps-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(TORCH_SPEC)
-	$(PIP) install "setuptools>=64" wheel ninja
+	$(PIP) install "setuptools>=64" wheel ninja Cython numpy
 	$(PIP) install --no-build-isolation -e ".[test]"
+	$(PIP) install --no-deps lvis==0.5.3  # its requirements pull opencv-python (see README)
 	touch $@
 
 $(EXTENSION_STAMP): $(VENV)/.deps-installed setup.py $(CSRC)
