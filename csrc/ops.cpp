@@ -57,4 +57,26 @@ TORCH_LIBRARY(sam_lightning, m) {
   m.def(
       "remove_small_regions(Tensor masks, float area_thresh, str mode) -> "
       "(Tensor masks_out, Tensor changed)");
+
+  // ---- Edge detection and the BSDS boundary benchmark ----
+  // See sam_lightning/ops/edges.py (semantics, references) and csrc/edges/. Binary maps are
+  // bool/uint8 (nonzero = boundary), any strides; bad inputs raise ValueError.
+
+  // scikit-image `thin` (MATLAB bwmorph 'thin' Inf) of masks [N, H, W] or [H, W]: bool.
+  m.def("thin(Tensor masks) -> Tensor");
+  // Dollar's edgesNmsMex: zeroes float32/float64 edges [H, W] (>= 2 x 2) that are weaker
+  // than `multiplier` x the bilinear edge value at distances 1..radius along orientation
+  // (radians) either side, then fades the `border` pixels nearest each side.
+  m.def(
+      "edge_nms(Tensor edges, Tensor orientation, int radius, int border, float multiplier) "
+      "-> Tensor");
+  // Deterministic maximum matching of boundary pixels of pred [H, W] and gt [H, W] at most
+  // max_dist x diagonal apart: int64 [H, W] maps, the matched pixel's row-major index or -1.
+  m.def("correspond_pixels(Tensor pred, Tensor gt, float max_dist) -> (Tensor, Tensor)");
+  // One image of the BSDS benchmark (edgesEvalImg): for each float64 threshold (K,),
+  // edges [H, W] >= max(eps, t), thinned if `thin`, matched against each annotator's
+  // ground_truth [A, H, W]: int64 [K, 4] = cntR, sumR, cntP, sumP.
+  m.def(
+      "boundary_pr_counts(Tensor edges, Tensor ground_truth, Tensor thresholds, float max_dist, "
+      "bool thin) -> Tensor");
 }

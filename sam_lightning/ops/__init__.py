@@ -10,6 +10,14 @@ from sam_lightning.ops._extension import HAS_EXTENSION, LOAD_ERROR
 if HAS_EXTENSION:
     from sam_lightning.ops import _fake  # noqa: F401  (registers the fake kernels)
 
+from sam_lightning.ops.edges import (
+    boundary_pr_counts,
+    bsds_thresholds,
+    correspond_pixels,
+    edge_nms,
+    edge_orientation,
+    thin,
+)
 from sam_lightning.ops.postprocess import (
     batched_nms,
     connected_components,
@@ -46,4 +54,10 @@ __all__ = [
     "rle_iou",
     "rle_merge",
     "rle_to_bbox",
+    "boundary_pr_counts",
+    "bsds_thresholds",
+    "correspond_pixels",
+    "edge_nms",
+    "edge_orientation",
+    "thin",
 ]

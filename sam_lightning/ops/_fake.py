@@ -109,3 +109,26 @@ def _remove_small_regions(masks, area_thresh, mode):
     return masks.new_empty(masks.shape, dtype=torch.bool), masks.new_empty(
         masks.shape[:-2], dtype=torch.bool
     )
+
+
+# ---- edges ----
+
+
+@_register_if_defined("sam_lightning::thin")
+def _thin(masks):
+    return masks.new_empty(masks.shape, dtype=torch.bool)
+
+
+@_register_if_defined("sam_lightning::edge_nms")
+def _edge_nms(edges, orientation, radius, border, multiplier):
+    return torch.empty_like(edges)
+
+
+@_register_if_defined("sam_lightning::correspond_pixels")
+def _correspond_pixels(pred, gt, max_dist):
+    return pred.new_empty(pred.shape, dtype=torch.int64), gt.new_empty(gt.shape, dtype=torch.int64)
+
+
+@_register_if_defined("sam_lightning::boundary_pr_counts")
+def _boundary_pr_counts(edges, ground_truth, thresholds, max_dist, thin):
+    return edges.new_empty((thresholds.shape[0], 4), dtype=torch.int64)
