@@ -1,0 +1,1 @@
+"""Zero-shot evaluation harnesses (SAM paper §7, App. D), one module per task."""
