@@ -1,0 +1,162 @@
+"""Zero-shot object proposals (SAM paper §7.3, App. D.3): mask AR@1000, class-agnostic.
+
+The proposals come from the automatic mask generator, modified as App. D.3 says: no image
+crops, no filtering by predicted IoU or stability score, a 64x64 point grid and box NMS at
+0.9 (the generator's NMS, which ranks by predicted IoU). The masks left are ranked by the
+mean of their predicted IoU and stability score, which is also their score in the results,
+and the top 1000 per image are kept. Per-mask values stay tensors and masks packed RLEs
+(:class:`~sam_lightning.inference.packed_rles.PackedRLEs`) until the result records are
+written.
+
+AR is COCOeval's with ``useCats=0`` and ``maxDets=[100, 300, 1000]``
+(:func:`~sam_lightning.evaluation.coco_metrics.proposal_ar`), for all objects and per size,
+and for LVIS per frequency group against the ground truth restricted to its categories.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from sam_lightning.data.sa1b import write_atomic
+from sam_lightning.evaluation import coco_metrics
+from sam_lightning.evaluation.settings import task_settings
+from sam_lightning.inference.automatic import MaskCandidates, SamAutomaticMaskGenerator
+from sam_lightning.inference.packed_rles import PackedRLEs
+
+if TYPE_CHECKING:
+    from sam_lightning.modeling.sam import Sam
+
+#: ``eval`` settings and their defaults (App. D.3; see conf/eval/proposals_lvis.yaml).
+DEFAULTS: dict[str, Any] = {
+    "points_per_side": 64,
+    "nms_thresh": 0.9,
+    "max_proposals": 1000,
+    "points_per_batch": 64,
+    "stability_score_offset": 1.0,
+    "max_images": None,
+    "backend": "auto",
+}
+PREDICTIONS_FILE = "predictions.json"
+
+
+def proposal_generator(
+    model: Sam,
+    points_per_side: int = 64,
+    nms_thresh: float = 0.9,
+    points_per_batch: int = 64,
+    stability_score_offset: float = 1.0,
+) -> SamAutomaticMaskGenerator:
+    """The automatic mask generator as App. D.3 runs it: no crops, no IoU or stability
+    filtering, box NMS at ``nms_thresh``, no small-region removal."""
+    return SamAutomaticMaskGenerator(
+        model,
+        points_per_side=points_per_side,
+        points_per_batch=points_per_batch,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        stability_score_offset=stability_score_offset,
+        box_nms_thresh=nms_thresh,
+        crop_n_layers=0,
+        min_mask_region_area=0,
+        output_mode="coco_rle",
+    )
+
+
+def rank(masks: MaskCandidates, max_proposals: int = 1000) -> tuple[PackedRLEs, torch.Tensor]:
+    """The generator's masks ranked by the mean of predicted IoU and stability score, best
+    first (ties in the generator's order), at most ``max_proposals``: masks and scores."""
+    scores = (masks.iou_preds.float() + masks.stability_score.float()) / 2
+    order = torch.argsort(scores, descending=True, stable=True)[:max_proposals]
+    return masks.rles.select(order), scores[order]
+
+
+def propose(
+    generator: SamAutomaticMaskGenerator, image: np.ndarray, max_proposals: int = 1000
+) -> tuple[PackedRLEs, torch.Tensor]:
+    """The proposals of an ``H x W x 3`` uint8 RGB image, as :func:`rank` returns them."""
+    return rank(generator.generate_candidates(image), max_proposals)
+
+
+def to_results(
+    rles: PackedRLEs, scores: torch.Tensor, image_id: int, category_id: int
+) -> list[dict[str, Any]]:
+    """COCO result records (compressed-RLE ``segmentation``, ``score``) of one image."""
+    size = [rles.height, rles.width]
+    return [
+        {
+            "image_id": image_id,
+            "category_id": category_id,
+            "segmentation": {"size": size, "counts": counts},
+            "score": score,
+        }
+        for counts, score in zip(rles.counts_strings(), scores.tolist())
+    ]
+
+
+def agnostic_category(document: Mapping[str, Any]) -> int:
+    """The category id of class-agnostic results: the ground truth's smallest (1 in COCO
+    and LVIS), since COCOeval's class-agnostic mode gathers detections by the ground truth's
+    categories; :func:`~sam_lightning.evaluation.coco_metrics.proposal_ar` accepts any."""
+    return min(category["id"] for category in document["categories"])
+
+
+def generate_proposals(
+    generator: SamAutomaticMaskGenerator,
+    images: Iterable[tuple[Mapping[str, Any], np.ndarray]],
+    category_id: int,
+    max_proposals: int = 1000,
+) -> list[dict[str, Any]]:
+    """COCO results of the proposals for ``(image info, image)`` pairs (``info["id"]`` is
+    the image id), e.g. from :func:`~sam_lightning.evaluation.coco_metrics.read_images`."""
+    results: list[dict[str, Any]] = []
+    for info, image in images:
+        rles, scores = propose(generator, image, max_proposals)
+        results += to_results(rles, scores, int(info["id"]), category_id)
+    return results
+
+
+def run_from_config(
+    get_model: Callable[[], Sam],
+    eval_cfg: Mapping[str, Any],
+    data_cfg: Mapping[str, Any],
+    output_dir: Path,
+    device: str,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Runs App. D.3 on ``data.images`` / ``data.annotations`` (COCO or LVIS v1; ``data.format``
+    ``auto``, ``coco`` or ``lvis``), writes ``output_dir/predictions.json`` (COCO results)
+    and returns ``ar@100``, ``ar@300``, ``ar@1000``, ``ar@1000_small/_medium/_large`` and, for
+    LVIS, ``ar@1000_frequent/_common/_rare``. ``eval_cfg`` holds :data:`DEFAULTS`' keys
+    (``max_images``: the first n images only); the model is on ``device``."""
+    settings = task_settings(eval_cfg.get("task", "proposals_lvis"), eval_cfg, DEFAULTS)
+    document = coco_metrics.load_ground_truth(data_cfg["annotations"])
+    fmt = coco_metrics.resolve_format(data_cfg.get("format"), document)
+    files = coco_metrics.image_files(document, data_cfg["images"])[: settings["max_images"]]
+    coco_metrics.check_image_files(files)
+    generator = proposal_generator(
+        get_model(),
+        points_per_side=settings["points_per_side"],
+        nms_thresh=settings["nms_thresh"],
+        points_per_batch=settings["points_per_batch"],
+        stability_score_offset=settings["stability_score_offset"],
+    )
+    results = generate_proposals(
+        generator,
+        coco_metrics.read_images(files, progress, desc="proposals"),
+        agnostic_category(document),
+        settings["max_proposals"],
+    )
+    write_atomic(Path(output_dir) / PREDICTIONS_FILE, json.dumps(results).encode())
+    return coco_metrics.proposal_ar(
+        document,
+        results,
+        image_ids=[info["id"] for info, _ in files],
+        by_frequency=fmt == "lvis",
+        backend=settings["backend"],
+    )
