@@ -1,0 +1,234 @@
+"""Zero-shot evaluation of SAM (paper §7, App. D): ``python -m sam_lightning.evaluate
++eval=<task> model.type=<vit_b|vit_l|vit_h|vit_tiny> model.checkpoint=<path|null> [data.* ...]``.
+
+Configs are ``conf/evaluate.yaml`` and ``conf/eval/<task>.yaml`` (the task's settings and
+data). :func:`evaluate` looks the task up in :data:`TASKS`, a registry of harness modules
+imported only when used, and calls its adapter::
+
+    run_from_config(get_model, eval_cfg, data_cfg, output_dir, device, progress) -> metrics
+
+``get_model`` builds the model on first call (so a harness can check its data first) and
+returns the same model afterwards. The harness writes its raw predictions under the run
+directory (``predictions.json``, ``edges/``); this module writes ``metrics.json`` and logs the
+metrics and the resolved config to W&B (``logger.kind: wandb``, offline unless ``logger.mode``
+or ``WANDB_MODE`` says otherwise). In a Hydra multirun every job is one W&B run, and all jobs
+of a sweep share the group ``sweep_name`` (the sweep directory's name).
+
+Hydra lives only in :func:`main`; :func:`evaluate` takes the resolved config as a plain
+mapping and the run directory, so it can be called as a library.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sam_lightning.modeling.sam import Sam
+
+log = logging.getLogger("sam_lightning.evaluate")
+
+#: ``eval.task`` -> ``"<module>:<adapter>"``; modules are imported when their task runs.
+TASKS: dict[str, str] = {
+    "points_coco": "sam_lightning.evaluation.points:run_from_config",
+    "points_lvis": "sam_lightning.evaluation.points:run_from_config",
+    "edges_bsds": "sam_lightning.evaluation.edges:run_from_config",
+    "proposals_lvis": "sam_lightning.evaluation.proposals:run_from_config",
+    "instances_coco": "sam_lightning.evaluation.instances:run_from_config",
+    "instances_lvis": "sam_lightning.evaluation.instances:run_from_config",
+}
+METRICS_FILE = "metrics.json"
+
+Adapter = Callable[..., dict[str, float]]
+
+
+class UnknownTaskError(ValueError):
+    """``eval.task`` is missing or not one of :data:`TASKS`."""
+
+
+def load_adapter(task: Any) -> Adapter:
+    """The ``run_from_config`` of ``task``; UnknownTaskError lists the tasks."""
+    if task not in TASKS:
+        raise UnknownTaskError(
+            f"unknown eval.task {task!r}; choose one of {', '.join(sorted(TASKS))} "
+            "with +eval=<task>"
+        )
+    module, _, name = TASKS[task].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def model_factory(model_cfg: Mapping[str, Any], device: str, seed: int = 0) -> Callable[[], Sam]:
+    """A zero-argument function that builds ``model.type`` (with ``model.checkpoint`` and
+    ``model.image_size``) on ``device`` in eval mode on first call and returns that model
+    afterwards. Without a checkpoint the weights are random (seeded), and a warning says so."""
+
+    @functools.cache
+    def get_model() -> Sam:
+        import torch
+
+        from sam_lightning.amg import OFFICIAL_CHECKPOINTS
+        from sam_lightning.modeling.build import build_sam
+
+        checkpoint = model_cfg.get("checkpoint")
+        if checkpoint is None:
+            log.warning(
+                "no model.checkpoint given: %s has random weights and its metrics are "
+                "meaningless; download %s and pass model.checkpoint=PATH",
+                model_cfg["type"],
+                OFFICIAL_CHECKPOINTS,
+            )
+        torch.manual_seed(seed)
+        model = build_sam(
+            model_cfg["type"], checkpoint=checkpoint, image_size=int(model_cfg["image_size"])
+        )
+        return model.to(device).eval()
+
+    return get_model
+
+
+def start_wandb(settings: Mapping[str, Any], run_dir: Path, config: Mapping[str, Any]) -> Any:
+    """A W&B run under ``run_dir/wandb`` for ``logger.kind: wandb`` (None for ``none``), with
+    the resolved ``config``. The mode is ``logger.mode``, else ``$WANDB_MODE``, else offline."""
+    kind = settings.get("kind", "wandb")
+    if kind == "none":
+        return None
+    if kind != "wandb":
+        raise ValueError(f"logger.kind must be 'wandb' or 'none', got {kind!r}")
+    import wandb
+
+    return wandb.init(
+        project=settings.get("project", "sam_lightning"),
+        group=settings.get("group"),
+        name=settings.get("name"),
+        dir=str(run_dir),
+        mode=settings.get("mode") or os.environ.get("WANDB_MODE") or "offline",
+        config=dict(config),
+    )
+
+
+def metrics_json(metrics: Mapping[str, float]) -> bytes:
+    """``metrics`` as JSON, a non-finite value (e.g. R50 when precision never reaches 50%)
+    written as ``null``, since JSON has no NaN."""
+    finite = {name: value if math.isfinite(value) else None for name, value in metrics.items()}
+    return json.dumps(finite, indent=2).encode()
+
+
+def evaluate(config: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> dict[str, float]:
+    """Runs the task of the resolved ``config`` (the layout of ``conf/evaluate.yaml`` with an
+    ``eval`` group), writes ``run_dir/metrics.json`` (atomically) and the task's predictions,
+    logs to W&B as ``logger`` says (no ``logger`` key: no W&B); returns the metrics.
+
+    Raises:
+        UnknownTaskError: ``eval`` or ``eval.task`` is missing or not a known task.
+    """
+    import torch
+
+    from sam_lightning.amg import resolve_device
+    from sam_lightning.data.sa1b import write_atomic
+
+    eval_cfg = config.get("eval")
+    if not isinstance(eval_cfg, Mapping) or "task" not in eval_cfg:
+        raise UnknownTaskError(f"no eval task given: pass +eval=<task>, one of {sorted(TASKS)}")
+    task = eval_cfg["task"]
+    adapter = load_adapter(task)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.get("device", "auto"))
+    seed = int(config.get("seed", 0))
+    torch.manual_seed(seed)
+    get_model = model_factory(config["model"], device, seed)
+    run = start_wandb(config.get("logger", {"kind": "none"}), run_dir, config)
+    failed = True
+    try:
+        metrics = adapter(
+            get_model,
+            eval_cfg,
+            config.get("data", {}),
+            run_dir,
+            device,
+            progress=bool(config.get("progress", True)),
+        )
+        metrics = {name: float(value) for name, value in metrics.items()}
+        write_atomic(run_dir / METRICS_FILE, metrics_json(metrics))
+        if run is not None:
+            run.log(metrics)
+        failed = False
+    finally:
+        if run is not None:  # one W&B run per job, also in a Hydra multirun
+            run.finish(exit_code=int(failed))
+    log.info("%s metrics in %s: %s", task, run_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+def _lacks_task(args: list[str]) -> bool:
+    """Whether the command line selects no task (no ``+eval=...``). Hydra's own flags
+    (``--help``, ``--cfg``, ...) are left for Hydra to answer."""
+    if any(arg.startswith("-") and arg not in ("-m", "--multirun") for arg in args):
+        return False
+    return not any(re.match(r"\+{0,2}eval=", arg) for arg in args)
+
+
+def _job_logger(config: dict[str, Any]) -> None:
+    """Fills in the W&B group and run name left null (see ``conf/evaluate.yaml``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    settings = config["logger"]
+    name = f"{config['eval']['task']}_{config['model']['type']}"
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        settings["group"] = settings.get("group") or Path(hydra_cfg.sweep.dir).name
+        name += f"_{hydra_cfg.job.num}"
+    settings["name"] = settings.get("name") or name
+
+
+def main() -> int:
+    """``python -m sam_lightning.evaluate +eval=<task> [key=value ...]``; the exit status is 2
+    without a known task or with a required value (``???``, e.g. ``data.images``) unset."""
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    from sam_lightning._config import config_dir
+
+    if _lacks_task(sys.argv[1:]):
+        print(
+            f"error: choose a task with +eval=<task>, one of {', '.join(sorted(TASKS))}, e.g.\n"
+            "  python -m sam_lightning.evaluate +eval=points_coco model.type=vit_h "
+            "model.checkpoint=sam_vit_h_4b8939.pth data.images=<dir> data.annotations=<json>",
+            file=sys.stderr,
+        )
+        return 2
+    status = 0
+
+    @hydra.main(config_path=str(config_dir()), config_name="evaluate", version_base="1.3")
+    def _main(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        nonlocal status
+        if missing := sorted(OmegaConf.missing_keys(cfg)):
+            log.error("set %s on the command line", ", ".join(f"{key}=..." for key in missing))
+            status = 2
+            return
+        config = OmegaConf.to_container(cfg, resolve=True)
+        _job_logger(config)
+        try:
+            evaluate(config, HydraConfig.get().runtime.output_dir)
+        except UnknownTaskError as error:  # raised before anything runs
+            log.error("%s", error)
+            status = 2
+
+    _main()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
