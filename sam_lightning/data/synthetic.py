@@ -1,10 +1,13 @@
 """A synthetic dataset of textured shapes with exact instance masks: training without a download.
 
-Every item of :class:`SyntheticShapes` is a pure function of ``(seed, index)``: a textured
-background with a few ellipses, rotated rectangles, convex polygons and rings painted back to
-front. Each shape is filled with a texture (stripes, a gradient, a checkerboard or noise), so
-that masks are not found by colour thresholding; a shape's mask is the set of its pixels that no
-later shape covers, so the masks are exact (the image is painted from them) and disjoint.
+Every item of :class:`SyntheticShapes` is a pure function of ``(seed, index)``: a background
+with a few ellipses, rotated rectangles, convex polygons and rings painted back to front. Each
+shape is filled with a texture (stripes, a gradient, a checkerboard or noise), so that masks are
+not found by colour thresholding; a shape's mask is the set of its pixels that no later shape
+covers, so the masks are exact (the image is painted from them) and disjoint. The background is
+either one unannotated texture or a mosaic of Voronoi cells, each with its own texture and
+annotated like a shape, so that every pixel belongs to a mask (as in SA-1B, whose masks cover
+most of each image).
 
 Items have the structure of :class:`sam_lightning.data.sa1b.SA1BDataset` items (``image``,
 ``annotations`` with COCO RLEs, ``image_info``, ``source``), and :func:`write_sa1b` writes a
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,7 @@ from sam_lightning.ops import rle_area, rle_encode, rle_to_bbox
 
 SHAPES = ("ellipse", "rectangle", "polygon", "ring")
 TEXTURES = ("stripes", "gradient", "checker", "noise")
+BACKGROUNDS = ("texture", "cells")
 
 
 class SyntheticShapes:
@@ -46,10 +51,17 @@ class SyntheticShapes:
             ``[seed, index]``; no global random state), so items are the same in every
             process and DataLoader worker.
         min_area: the smallest annotated mask, in pixels.
+        background: ``"texture"`` (one unannotated texture) or ``"cells"`` (a Voronoi mosaic
+            of ``min_cells`` to ``max_cells`` cells, each textured and annotated; shapes, if
+            any, are painted over it). With cells, ``min_shapes`` may be 0.
+        min_cells, max_cells: the number of cells is drawn uniformly in this range.
+        textures: the kinds of texture drawn for shapes and cells, a subset of
+            :data:`TEXTURES` (the background texture of ``"texture"`` mixes two of them).
 
     Items are :class:`~sam_lightning.data.sa1b.SA1BSample` dicts; annotations carry the
     fields the data engine writes (``predicted_iou`` and ``stability_score`` are 1.0,
     ``point_coords`` one pixel centre inside the mask, ``crop_box`` the whole image).
+    Masks are in drawing order: the cells first, then the shapes.
     """
 
     def __init__(
@@ -60,20 +72,39 @@ class SyntheticShapes:
         max_shapes: int = 8,
         seed: int = 0,
         min_area: int = 16,
+        background: str = "texture",
+        min_cells: int = 3,
+        max_cells: int = 6,
+        textures: Sequence[str] = TEXTURES,
     ) -> None:
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         if num_images < 0:
             raise ValueError(f"num_images must be >= 0, got {num_images}")
         if min(height, width) < 16:
             raise ValueError(f"image_size must be at least 16 x 16, got {height} x {width}")
-        if not 1 <= min_shapes <= max_shapes:
-            raise ValueError(f"need 1 <= min_shapes <= max_shapes, got {min_shapes}, {max_shapes}")
+        if background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
+        least_shapes = 0 if background == "cells" else 1
+        if not least_shapes <= min_shapes <= max_shapes:
+            raise ValueError(
+                f"need {least_shapes} <= min_shapes <= max_shapes with background "
+                f"{background!r}, got {min_shapes}, {max_shapes}"
+            )
+        if background == "cells" and not 1 <= min_cells <= max_cells:
+            raise ValueError(f"need 1 <= min_cells <= max_cells, got {min_cells}, {max_cells}")
+        textures = tuple(textures)
+        unknown = sorted(set(textures) - set(TEXTURES))
+        if not textures or unknown:
+            raise ValueError(f"textures must be a non-empty subset of {TEXTURES}, got {textures}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.num_images = num_images
         self.image_size = (int(height), int(width))
         self.min_shapes, self.max_shapes = min_shapes, max_shapes
         self.seed, self.min_area = seed, min_area
+        self.background = background
+        self.min_cells, self.max_cells = min_cells, max_cells
+        self.textures = textures
 
     def __len__(self) -> int:
         return self.num_images
@@ -88,20 +119,25 @@ class SyntheticShapes:
         index = self._check_index(index)
         rng = np.random.default_rng([self.seed, index])
         height, width = self.image_size
-        image = _background(rng, height, width)
-        labels = np.full((height, width), -1, dtype=np.int16)  # the shape seen at each pixel
+        if self.background == "cells":
+            cells = int(rng.integers(self.min_cells, self.max_cells + 1))
+            image, labels = _cell_mosaic(rng, height, width, cells, self.textures)
+        else:
+            cells = 0
+            image = _background(rng, height, width, self.textures)
+            labels = np.full((height, width), -1, dtype=np.int16)  # the mask at each pixel
         count = int(rng.integers(self.min_shapes, self.max_shapes + 1))
         for shape in range(count):
             box, mask = _random_shape(rng, height, width)
             if not mask.any():
                 continue
             y0, y1, x0, x1 = box
-            texture = _texture(rng, y1 - y0, x1 - x0)
+            texture = _texture(rng, y1 - y0, x1 - x0, self.textures)
             image[y0:y1, x0:x1][mask] = texture[mask]
-            labels[y0:y1, x0:x1][mask] = shape
+            labels[y0:y1, x0:x1][mask] = cells + shape
         noise = rng.integers(-6, 7, size=image.shape, dtype=np.int16)
         image = np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
-        masks = labels[None] == np.arange(count, dtype=np.int16)[:, None, None]
+        masks = labels[None] == np.arange(cells + count, dtype=np.int16)[:, None, None]
         masks = masks[masks.sum(axis=(1, 2)) >= self.min_area]
         return image, masks
 
@@ -146,8 +182,9 @@ class SyntheticShapes:
 
     def __repr__(self) -> str:
         height, width = self.image_size
+        cells = f"{self.min_cells}-{self.max_cells} cells, " if self.background == "cells" else ""
         return (
-            f"SyntheticShapes({self.num_images} images of {height} x {width}, "
+            f"SyntheticShapes({self.num_images} images of {height} x {width}, {cells}"
             f"{self.min_shapes}-{self.max_shapes} shapes, seed={self.seed})"
         )
 
@@ -200,9 +237,11 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0, 255, 3).astype(np.float32)
 
 
-def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """An H x W x 3 float32 texture of random kind and colours."""
-    kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
+def _texture(
+    rng: np.random.Generator, height: int, width: int, kinds: Sequence[str] = TEXTURES
+) -> np.ndarray:
+    """An H x W x 3 float32 texture of a random kind of ``kinds`` and random colours."""
+    kind = kinds[int(rng.integers(len(kinds)))]
     first, second = _colour(rng), _colour(rng)
     if kind == "noise":
         noise = rng.standard_normal((height, width, 1), dtype=np.float32)
@@ -222,11 +261,35 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return first + (second - first) * t[..., None]
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def _background(
+    rng: np.random.Generator, height: int, width: int, kinds: Sequence[str] = TEXTURES
+) -> np.ndarray:
     """A low-contrast textured background, H x W x 3 float32."""
-    base = _texture(rng, height, width)
-    detail = _texture(rng, height, width)
+    base = _texture(rng, height, width, kinds)
+    detail = _texture(rng, height, width, kinds)
     return 0.7 * base + 0.3 * detail
+
+
+def _cell_mosaic(
+    rng: np.random.Generator, height: int, width: int, count: int, kinds: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A Voronoi mosaic of ``count`` cells with uniform random sites, each filled with its own
+    texture: the H x W x 3 float32 image and the H x W int16 cell of each pixel (nearest site
+    to the pixel centre, ties to the lower index)."""
+    sites = rng.uniform(0, 1, (count, 2)) * (height, width)
+    ys = np.arange(height, dtype=np.float32)[:, None] + 0.5
+    xs = np.arange(width, dtype=np.float32)[None, :] + 0.5
+    labels = np.zeros((height, width), dtype=np.int16)
+    nearest = np.full((height, width), np.inf, dtype=np.float32)
+    for cell, (sy, sx) in enumerate(sites.astype(np.float32)):
+        distance = (ys - sy) ** 2 + (xs - sx) ** 2
+        closer = distance < nearest
+        labels[closer], nearest[closer] = cell, distance[closer]
+    image = np.empty((height, width, 3), dtype=np.float32)
+    for cell in range(count):
+        inside = labels == cell
+        image[inside] = _texture(rng, height, width, kinds)[inside]
+    return image, labels
 
 
 def _random_shape(

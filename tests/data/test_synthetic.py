@@ -112,6 +112,66 @@ def test_shapes_are_textured() -> None:
     assert image[background].std(axis=0).max() > 2
 
 
+def voronoi_labels(sites: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Brute force: the index of the nearest site (row, column) to each pixel centre."""
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5
+    distances = [(ys - sy) ** 2 + (xs - sx) ** 2 for sy, sx in sites]
+    return np.argmin(np.stack(distances), axis=0)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (40, 72)])
+def test_cell_mosaics_annotate_every_pixel_as_its_voronoi_cell(size: tuple[int, int]) -> None:
+    height, width = size
+    dataset = SyntheticShapes(
+        6, size, min_shapes=0, max_shapes=0, seed=3, background="cells", min_cells=2,
+        max_cells=5, min_area=1,
+    )  # fmt: skip
+    counts = set()
+    for index in range(len(dataset)):
+        _, masks = dataset.render(index)
+        assert (masks.sum(axis=0) == 1).all()  # a partition: every pixel in exactly one mask
+        # The sites are the generator's first draws after the cell count.
+        rng = np.random.default_rng([3, index])
+        count = int(rng.integers(2, 6))
+        sites = rng.uniform(0, 1, (count, 2)) * (height, width)
+        expected = voronoi_labels(sites, height, width)
+        expected_masks = [expected == cell for cell in range(count) if (expected == cell).any()]
+        np.testing.assert_array_equal(masks, np.stack(expected_masks))
+        counts.add(count)
+    assert len(counts) > 1  # the count varies within the range
+
+
+def test_shapes_occlude_the_cells_and_are_masks_too() -> None:
+    dataset = SyntheticShapes(
+        4, 64, min_shapes=2, max_shapes=2, seed=1, background="cells", min_cells=3,
+        max_cells=3, min_area=1,
+    )  # fmt: skip
+    for index in range(len(dataset)):
+        _, masks = dataset.render(index)
+        assert (masks.sum(axis=0) == 1).all()
+        assert len(masks) >= 4  # 3 cells (some may be hidden) + 2 shapes drawn over them
+
+
+def test_textures_can_be_restricted() -> None:
+    flat = SyntheticShapes(
+        3, 64, min_shapes=1, max_shapes=2, seed=0, background="cells", textures=["noise"]
+    )
+    default = SyntheticShapes(3, 64, min_shapes=1, max_shapes=2, seed=0, background="cells")
+
+    def spreads(dataset: SyntheticShapes) -> list[float]:
+        """Mean absolute deviation from the median colour of each mask of > 50 pixels."""
+        values = []
+        for index in range(len(dataset)):
+            image, masks = dataset.render(index)
+            for mask in masks[masks.sum(axis=(1, 2)) > 50]:
+                pixels = image[mask].astype(float)
+                values.append(np.abs(pixels - np.median(pixels, axis=0)).mean())
+        return values
+
+    assert max(spreads(flat)) < 40  # one colour plus noise: no stripes, gradients, checkers
+    assert max(spreads(default)) > 40
+
+
 def test_sa1b_round_trip(tmp_path) -> None:
     dataset = SyntheticShapes(3, (40, 72), seed=7)
     paths = write_sa1b(dataset, tmp_path)
@@ -131,6 +191,15 @@ def test_bad_arguments_and_indices() -> None:
         SyntheticShapes(1, min_shapes=4, max_shapes=3)
     with pytest.raises(ValueError, match="image_size"):
         SyntheticShapes(1, image_size=(8, 64))
+    with pytest.raises(ValueError, match="min_shapes"):
+        SyntheticShapes(1, min_shapes=0, max_shapes=2)  # no shapes needs a cell background
+    assert len(SyntheticShapes(1, min_shapes=0, max_shapes=0, background="cells")[0]["annotations"])
+    with pytest.raises(ValueError, match="background"):
+        SyntheticShapes(1, background="sky")
+    with pytest.raises(ValueError, match="min_cells"):
+        SyntheticShapes(1, background="cells", min_cells=0)
+    with pytest.raises(ValueError, match="textures"):
+        SyntheticShapes(1, textures=["plaid"])
     dataset = SyntheticShapes(2)
     with pytest.raises(IndexError):
         dataset[2]
