@@ -29,36 +29,46 @@ def build_sam_custom(
     window_size: int = 14,
     checkpoint: str | PathLike[str] | None = None,
     *,
+    patch_size: int = PATCH_SIZE,
+    prompt_embed_dim: int = PROMPT_EMBED_DIM,
+    decoder_mlp_dim: int = 2048,
+    decoder_num_heads: int = 8,
     drop_path_rate: float = 0.0,
     activation_checkpointing: bool = False,
 ) -> Sam:
-    """Builds a SAM whose ViT encoder has the given size (decoder and prompt encoder as in
-    the official models), in eval mode, optionally loading ``checkpoint`` strictly.
+    """Builds a SAM of the given sizes (by default the decoder and prompt encoder of the
+    official models), in eval mode, optionally loading ``checkpoint`` strictly.
 
     Args:
         encoder_embed_dim, encoder_depth, encoder_num_heads: ViT width, depth and heads.
         encoder_global_attn_indexes: blocks with global attention (others are windowed).
-        image_size: side of the square encoder input, a multiple of 16.
+        image_size: side of the square encoder input, a multiple of ``patch_size``.
         window_size: window side (in tokens) of the windowed blocks.
         checkpoint: state-dict file, see :func:`~sam_lightning.modeling.checkpoint.load_checkpoint`.
+        patch_size: side of the encoder's patches (official: 16); the image embedding is
+            ``image_size / patch_size`` tokens wide and the low-resolution masks 4 times that.
+        prompt_embed_dim: channels of the image embedding, the prompt tokens and the mask
+            decoder (official: 256).
+        decoder_mlp_dim, decoder_num_heads: MLP width and attention heads of the decoder's
+            two-way transformer (official: 2048 and 8).
         drop_path_rate: stochastic depth rate of the last encoder block (linear from 0 over
             the blocks; training mode only; adds no weights).
         activation_checkpointing: recompute the encoder blocks in the backward pass
             (training mode only); toggle later with
             ``model.image_encoder.activation_checkpointing``.
     """
-    if image_size % PATCH_SIZE:
-        raise ValueError(f"image_size must be a multiple of {PATCH_SIZE}, got {image_size}")
-    grid = image_size // PATCH_SIZE
+    if image_size % patch_size:
+        raise ValueError(f"image_size must be a multiple of {patch_size}, got {image_size}")
+    grid = image_size // patch_size
     sam = Sam(
         image_encoder=ImageEncoderViT(
             img_size=image_size,
-            patch_size=PATCH_SIZE,
+            patch_size=patch_size,
             embed_dim=encoder_embed_dim,
             depth=encoder_depth,
             num_heads=encoder_num_heads,
             mlp_ratio=4.0,
-            out_chans=PROMPT_EMBED_DIM,
+            out_chans=prompt_embed_dim,
             qkv_bias=True,
             norm_layer=partial(nn.LayerNorm, eps=1e-6),
             use_rel_pos=True,
@@ -68,19 +78,22 @@ def build_sam_custom(
             activation_checkpointing=activation_checkpointing,
         ),
         prompt_encoder=PromptEncoder(
-            embed_dim=PROMPT_EMBED_DIM,
+            embed_dim=prompt_embed_dim,
             image_embedding_size=(grid, grid),
             input_image_size=(image_size, image_size),
             mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
-            transformer_dim=PROMPT_EMBED_DIM,
+            transformer_dim=prompt_embed_dim,
             transformer=TwoWayTransformer(
-                depth=2, embedding_dim=PROMPT_EMBED_DIM, mlp_dim=2048, num_heads=8
+                depth=2,
+                embedding_dim=prompt_embed_dim,
+                mlp_dim=decoder_mlp_dim,
+                num_heads=decoder_num_heads,
             ),
             num_multimask_outputs=3,
             iou_head_depth=3,
-            iou_head_hidden_dim=256,
+            iou_head_hidden_dim=prompt_embed_dim,
         ),
     )
     sam.eval()
@@ -90,8 +103,15 @@ def build_sam_custom(
 
 
 def _registry_entry(
-    embed_dim: int, depth: int, num_heads: int, global_attn_indexes: Sequence[int]
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    global_attn_indexes: Sequence[int],
+    **sizes: int,
 ) -> Callable[..., Sam]:
+    """A constructor of one architecture; ``sizes`` are :func:`build_sam_custom`'s
+    keyword-only sizes (patch and decoder) where they differ from the official ones."""
+
     def build(
         checkpoint: str | PathLike[str] | None = None,
         image_size: int = 1024,
@@ -108,6 +128,7 @@ def _registry_entry(
             checkpoint=checkpoint,
             drop_path_rate=drop_path_rate,
             activation_checkpointing=activation_checkpointing,
+            **sizes,
         )
 
     return build
@@ -115,12 +136,20 @@ def _registry_entry(
 
 #: Model constructors by name, called as ``sam_model_registry[name](checkpoint=None,
 #: image_size=1024, *, drop_path_rate=0.0, activation_checkpointing=False)``.
-#: ``vit_tiny`` is not an official model: a small encoder for CPU tests.
+#: ``vit_tiny`` and ``vit_nano`` are not official models (no official weights exist):
+#: ``vit_tiny`` is a small encoder with the official decoder, for CPU tests against the
+#: official modules; ``vit_nano`` has the same encoder on 8-pixel patches and a decoder half
+#: as wide (128 channels, MLP 1024), so that it learns from scratch on a CPU in minutes (the
+#: demo: with the official 256-wide decoder and 16-pixel patches the same budget is not
+#: enough to leave the "one blob for every prompt" start).
 sam_model_registry: dict[str, Callable[..., Sam]] = {
     "vit_b": _registry_entry(768, 12, 12, (2, 5, 8, 11)),
     "vit_l": _registry_entry(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": _registry_entry(1280, 32, 16, (7, 15, 23, 31)),
     "vit_tiny": _registry_entry(128, 4, 4, (1, 3)),
+    "vit_nano": _registry_entry(
+        128, 4, 4, (1, 3), patch_size=8, prompt_embed_dim=128, decoder_mlp_dim=1024
+    ),
 }
 
 
@@ -132,10 +161,11 @@ def build_sam(
     drop_path_rate: float = 0.0,
     activation_checkpointing: bool = False,
 ) -> Sam:
-    """Builds a registered model (``vit_b``, ``vit_l``, ``vit_h``, ``vit_tiny``) in eval
-    mode, optionally loading ``checkpoint`` (official ``.pth``, our training checkpoints,
-    ``.safetensors``) strictly. ``drop_path_rate`` and ``activation_checkpointing`` are
-    training features of the image encoder, see :func:`build_sam_custom`."""
+    """Builds a registered model (``vit_b``, ``vit_l``, ``vit_h``, ``vit_tiny``,
+    ``vit_nano``) in eval mode, optionally loading ``checkpoint`` (official ``.pth``, our
+    training checkpoints, ``.safetensors``) strictly. ``drop_path_rate`` and
+    ``activation_checkpointing`` are training features of the image encoder, see
+    :func:`build_sam_custom`."""
     if model_type not in sam_model_registry:
         raise ValueError(
             f"unknown model type {model_type!r}; choose one of {sorted(sam_model_registry)}"

@@ -29,10 +29,15 @@ def build_official(
     encoder_global_attn_indexes: tuple[int, ...],
     image_size: int = 1024,
     window_size: int = 14,
+    patch_size: int = 16,
+    prompt_embed_dim: int = 256,
+    decoder_mlp_dim: int = 2048,
+    decoder_num_heads: int = 8,
 ) -> torch.nn.Module:
-    """The official SAM with the given encoder size (as the official ``_build_sam``)."""
+    """The official SAM with the given sizes (as the official ``_build_sam``; the defaults of
+    the patch and decoder sizes are the official ones)."""
     modeling = import_official().modeling
-    grid = image_size // 16
+    grid = image_size // patch_size
     return modeling.Sam(
         image_encoder=modeling.ImageEncoderViT(
             depth=encoder_depth,
@@ -41,15 +46,15 @@ def build_official(
             mlp_ratio=4,
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
             num_heads=encoder_num_heads,
-            patch_size=16,
+            patch_size=patch_size,
             qkv_bias=True,
             use_rel_pos=True,
             global_attn_indexes=encoder_global_attn_indexes,
             window_size=window_size,
-            out_chans=256,
+            out_chans=prompt_embed_dim,
         ),
         prompt_encoder=modeling.PromptEncoder(
-            embed_dim=256,
+            embed_dim=prompt_embed_dim,
             image_embedding_size=(grid, grid),
             input_image_size=(image_size, image_size),
             mask_in_chans=16,
@@ -57,11 +62,14 @@ def build_official(
         mask_decoder=modeling.MaskDecoder(
             num_multimask_outputs=3,
             transformer=modeling.TwoWayTransformer(
-                depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8
+                depth=2,
+                embedding_dim=prompt_embed_dim,
+                mlp_dim=decoder_mlp_dim,
+                num_heads=decoder_num_heads,
             ),
-            transformer_dim=256,
+            transformer_dim=prompt_embed_dim,
             iou_head_depth=3,
-            iou_head_hidden_dim=256,
+            iou_head_hidden_dim=prompt_embed_dim,
         ),
     ).eval()
 

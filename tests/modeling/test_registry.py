@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from sam_test_models import randomize_, resize_longest
+from sam_test_models import build_official, randomize_, resize_longest
 
 from sam_lightning.modeling import build_sam, build_sam_custom, sam_model_registry
 
@@ -78,5 +78,46 @@ def test_vit_b_matches_official(official, sample_images, tmp_path):
         expected, reference.prompt_encoder.get_dense_pe(), sparse, dense, True
     )
     masks, iou = ours.decode(embedding, points, labels, multimask_output=True)
+    torch.testing.assert_close(masks, expected_masks, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(iou, expected_iou, atol=1e-4, rtol=1e-4)
+
+
+#: vit_nano's sizes in build_official's terms.
+NANO = {
+    "encoder_embed_dim": 128,
+    "encoder_depth": 4,
+    "encoder_num_heads": 4,
+    "encoder_global_attn_indexes": (1, 3),
+    "patch_size": 8,
+    "prompt_embed_dim": 128,
+    "decoder_mlp_dim": 1024,
+}
+
+
+@torch.no_grad()
+def test_vit_nano_is_the_official_architecture_at_its_sizes(sample_images, tmp_path):
+    # Same state-dict layout and, with the same weights, the same outputs as the official
+    # modules built with 8-pixel patches and a 128-wide decoder.
+    reference = randomize_(build_official(**NANO, image_size=128), seed=5)
+    with torch.device("meta"):
+        assert layout(build_sam("vit_nano", image_size=128)) == layout(reference)
+    path = tmp_path / "vit_nano.pth"
+    torch.save(reference.state_dict(), path)
+    ours = build_sam("vit_nano", checkpoint=path, image_size=128)
+    assert ours.image_encoder.patch_embed.proj.kernel_size == (8, 8)
+    assert ours.prompt_encoder.image_embedding_size == (16, 16)
+    assert ours.prompt_encoder.mask_input_size == (64, 64)
+    image = resize_longest(sample_images["coffee"], 128)
+    expected = reference.image_encoder(reference.preprocess(image)[None])
+    embedding = ours.encode_images([image])
+    assert embedding.shape == (1, 128, 16, 16)
+    torch.testing.assert_close(embedding, expected, atol=1e-4, rtol=1e-4)
+    boxes = torch.tensor([[10.0, 20.0, 90.0, 70.0]])
+    sparse, dense = reference.prompt_encoder(points=None, boxes=boxes, masks=None)
+    expected_masks, expected_iou = reference.mask_decoder(
+        expected, reference.prompt_encoder.get_dense_pe(), sparse, dense, True
+    )
+    masks, iou = ours.decode(embedding, boxes=boxes, multimask_output=True)
+    assert masks.shape == (1, 3, 64, 64)
     torch.testing.assert_close(masks, expected_masks, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(iou, expected_iou, atol=1e-4, rtol=1e-4)
