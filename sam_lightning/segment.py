@@ -32,7 +32,7 @@ from sam_lightning.inference.predictor import SamPredictor
 
 Point = tuple[float, float, int]
 Box = tuple[float, float, float, float]
-MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_tiny")
+MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_tiny", "vit_nano")
 OFFICIAL_CHECKPOINTS = "sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth or sam_vit_h_4b8939.pth"
 _MASK_FILE = re.compile(r"mask_\d+\.png")
 
@@ -169,8 +169,11 @@ def write_outputs(
     _write_atomic(output_dir / "masks.json", json.dumps(document, indent=2).encode())
 
 
-def build_predictor(model_type: str, checkpoint: str | Path | None, device: str) -> SamPredictor:
-    """Builds the model (random weights, seeded, when ``checkpoint`` is None) and a predictor."""
+def build_predictor(
+    model_type: str, checkpoint: str | Path | None, device: str, image_size: int = 1024
+) -> SamPredictor:
+    """Builds the model (random weights, seeded, when ``checkpoint`` is None) for
+    ``image_size`` inputs (the official checkpoints: 1024) and a predictor."""
     from sam_lightning.modeling.build import build_sam
 
     if checkpoint is None:
@@ -180,7 +183,11 @@ def build_predictor(model_type: str, checkpoint: str | Path | None, device: str)
             file=sys.stderr,
         )
         torch.manual_seed(0)
-    model = build_sam(model_type, checkpoint=None if checkpoint is None else str(checkpoint))
+    model = build_sam(
+        model_type,
+        checkpoint=None if checkpoint is None else str(checkpoint),
+        image_size=image_size,
+    )
     return SamPredictor(model.to(device).eval())
 
 
@@ -193,9 +200,12 @@ def segment_image(
     checkpoint: str | Path | None = None,
     multimask_output: bool | None = None,
     device: str = "cpu",
+    image_size: int = 1024,
 ) -> list[dict[str, Any]]:
     """Segments ``image_path`` from XY(label) ``points`` and XYXY ``boxes`` in pixels and writes
-    the results to ``output_dir``; returns the mask records of masks.json.
+    the results to ``output_dir``; returns the mask records of masks.json. ``image_size`` is
+    the model's input side (1024 for the official checkpoints; a trained checkpoint needs the
+    size it was trained at).
 
     ``multimask_output=None`` returns 3 masks for a single point and 1 otherwise.
     Raises ValueError for invalid prompts, FileNotFoundError for a missing image."""
@@ -204,7 +214,7 @@ def segment_image(
     image = load_image(image_path)
     if multimask_output is None:
         multimask_output = len(points) == 1 and not boxes
-    predictor = build_predictor(model_type, checkpoint, device)
+    predictor = build_predictor(model_type, checkpoint, device, image_size)
     predictor.set_image(image)
     masks, scores, prompt_index = predict_masks(predictor, points, boxes, multimask_output)
     document = {
@@ -262,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="vit_b")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help=f"model weights ({OFFICIAL_CHECKPOINTS}); random if omitted")
+    parser.add_argument("--image-size", type=int, default=1024,
+                        help="model input side: 1024 for the official checkpoints, else the "
+                        "size the checkpoint was trained at (e.g. 64 for the demo)")
     parser.add_argument("--output", type=Path, required=True, help="output directory")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--multimask", dest="multimask", action="store_const", const=True,
@@ -287,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         records = segment_image(
             args.image, args.output, args.point, args.box, args.model_type,
-            args.checkpoint, args.multimask, args.device,
+            args.checkpoint, args.multimask, args.device, args.image_size,
         )
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))

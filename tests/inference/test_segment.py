@@ -114,3 +114,23 @@ def test_missing_and_unreadable_image(tmp_path, capsys):
     with pytest.raises(SystemExit):
         segment.main([str(text), "--point", "1,1", "--output", str(tmp_path)])
     assert f"cannot read image {text}" in capsys.readouterr().err
+
+
+def test_a_checkpoint_trained_at_another_size_needs_image_size(scene, tmp_path, capsys):
+    import torch
+
+    from sam_lightning.modeling import build_sam, save_checkpoint
+
+    path = tmp_path / "nano64.pth"
+    save_checkpoint(build_sam("vit_nano", image_size=64), path)
+    prompt = ["--box", "5,5,60,60", "--model-type", "vit_nano", "--checkpoint", str(path)]
+    out, _ = run_ok([str(scene), *prompt, "--image-size", "64", "--output", str(tmp_path)], capsys)
+    mask = np.array(Image.open(tmp_path / "mask_00.png"))
+    assert mask.shape == (96, 128)  # back at the image's size
+    document = json.loads((tmp_path / "masks.json").read_text())
+    assert document["model_type"] == "vit_nano"
+    with pytest.raises(SystemExit) as exit_info:  # the default 1024 does not fit the weights
+        segment.main([str(scene), *prompt, "--output", str(tmp_path / "other")])
+    assert exit_info.value.code == 2
+    assert "image_encoder.pos_embed" in capsys.readouterr().err
+    assert torch.load(path, weights_only=True)["image_encoder.pos_embed"].shape[1] == 8
