@@ -26,7 +26,7 @@ $(EXTENSION_STAMP): $(VENV)/.deps-installed setup.py $(CSRC)
 
 install: $(EXTENSION_STAMP)  ## create .venv, install dependencies, build sam_lightning._C
 
-demo: install  ## the main job: train vit_tiny on the synthetic shapes (CPU, < 10 minutes)
+demo: install  ## the main job: train vit_nano on synthetic cell mosaics (CPU, < 10 minutes)
 	$(PY) -m sam_lightning.train +exp=demo
 
 demo-segment: install  ## segment a demo image from the command line (random weights)
@@ -53,6 +53,8 @@ bench: install  ## speed against the references; figures go to docs/benchmarks.m
 	$(PY) tools/bench_postprocess.py
 	$(PY) tools/bench_amg.py
 	$(PY) tools/bench_train.py
+	$(PY) tools/bench_bsds.py
+	$(PY) tools/bench_coco_eval.py
 
 env: install  ## report versions and which compiled kernels are available
 	$(PY) tools/collect_env.py

@@ -115,8 +115,18 @@ def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
         use_distributed_sampler=False,  # SamDataModule splits the data across ranks itself
         **{**config["trainer"], "strategy": build_strategy(config["trainer"]["strategy"])},
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(config, checkpoints))
+    trainer.fit(
+        module,
+        datamodule=datamodule,
+        ckpt_path=_resume_path(config, checkpoints),
+        weights_only=True,  # AtomicCheckpointIO loads with weights_only=True in any case
+    )
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    if module.validated_at_step != trainer.global_step and trainer.limit_val_batches != 0:
+        # The last steps came after the last validation: validate the final weights, so
+        # that metrics.json describes the model the run ends with.
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics.update((name, float(value)) for name, value in trainer.callback_metrics.items())
     metrics["step"] = trainer.global_step
     for logger in loggers:  # one W&B run per job, also in a Hydra multirun
         if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):

@@ -139,16 +139,24 @@ def _registry_entry(
 #: ``vit_tiny`` and ``vit_nano`` are not official models (no official weights exist):
 #: ``vit_tiny`` is a small encoder with the official decoder, for CPU tests against the
 #: official modules; ``vit_nano`` has the same encoder on 8-pixel patches and a decoder half
-#: as wide (128 channels, MLP 1024), so that it learns from scratch on a CPU in minutes (the
-#: demo: with the official 256-wide decoder and 16-pixel patches the same budget is not
-#: enough to leave the "one blob for every prompt" start).
+#: as wide (128 channels, 4 heads of the official 32 channels, MLP 512), so that it learns
+#: from scratch on a CPU in minutes (the demo: with the official 256-wide decoder and
+#: 16-pixel patches the same budget is not enough to leave the "one blob for every prompt"
+#: start).
 sam_model_registry: dict[str, Callable[..., Sam]] = {
     "vit_b": _registry_entry(768, 12, 12, (2, 5, 8, 11)),
     "vit_l": _registry_entry(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": _registry_entry(1280, 32, 16, (7, 15, 23, 31)),
     "vit_tiny": _registry_entry(128, 4, 4, (1, 3)),
     "vit_nano": _registry_entry(
-        128, 4, 4, (1, 3), patch_size=8, prompt_embed_dim=128, decoder_mlp_dim=1024
+        128,
+        4,
+        4,
+        (1, 3),
+        patch_size=8,
+        prompt_embed_dim=128,
+        decoder_mlp_dim=512,
+        decoder_num_heads=4,
     ),
 }
 

@@ -52,6 +52,8 @@ class SamTrainingModule(L.LightningModule):
         batches_seen: training batches this rank has started, kept in checkpoints: the data
             position of :class:`~sam_lightning.data.datamodule.SamDataModule` and the seed of
             each batch's prompt sampling.
+        validated_at_step: the optimiser step of the last validation (not the sanity check),
+            None before the first.
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class SamTrainingModule(L.LightningModule):
         ).train()
         freeze(self.model, frozen)
         self.batches_seen = 0
+        self.validated_at_step: int | None = None
         names = ["1pt", "box", *[f"{k}clicks" for k in range(2, int(val_clicks) + 1)]]
         self.val_ious = torch.nn.ModuleDict({name: MeanMetric() for name in names})
 
@@ -211,6 +214,10 @@ class SamTrainingModule(L.LightningModule):
             self.log(f"val/miou_{name}", metric, prog_bar=name != "box", on_epoch=True)
         if batch_index == 0 and not self.trainer.sanity_checking:
             self._log_examples(batch, embeddings)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validated_at_step = self.global_step
 
     @torch.no_grad()
     def _log_examples(self, batch: dict[str, Any], embeddings: Tensor) -> None:

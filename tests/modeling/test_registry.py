@@ -90,7 +90,8 @@ NANO = {
     "encoder_global_attn_indexes": (1, 3),
     "patch_size": 8,
     "prompt_embed_dim": 128,
-    "decoder_mlp_dim": 1024,
+    "decoder_mlp_dim": 512,
+    "decoder_num_heads": 4,
 }
 
 

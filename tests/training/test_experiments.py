@@ -1,6 +1,7 @@
 """Every experiment in conf/exp composes and trains a few steps on CPU (shrunk to vit_tiny at
-64 px, with generated data and a checkpoint in the official layout), and W&B offline logging
-writes a run directory holding the metrics."""
+64 px, with generated data and a checkpoint in the official layout; the demo keeps its own
+vit_nano at 64 px and its synthetic data), and W&B offline logging writes a run directory
+holding the metrics."""
 
 from __future__ import annotations
 
@@ -22,9 +23,8 @@ from sam_lightning.train import build_strategy, train
 
 EXPERIMENTS = sorted(path.stem for path in (config_dir() / "exp").glob("*.yaml"))
 
+SMALL_MODEL = ["model.type=vit_tiny", "model.image_size=64"]
 SHRINK = [
-    "model.type=vit_tiny",
-    "model.image_size=64",
     "model.activation_checkpointing=false",
     "data.batch_size=2",
     "data.max_masks=3",
@@ -135,13 +135,15 @@ def test_experiment_trains_a_few_steps(name, assets, tmp_path):
     config = compose_experiment(name, "model.checkpoint=null")
     overrides = [*SHRINK, *data_overrides(config, assets)]
     if name != "demo":
-        overrides.append(f"model.checkpoint={assets['checkpoint']}")
+        overrides += [*SMALL_MODEL, f"model.checkpoint={assets['checkpoint']}"]
     config = compose_experiment(name, *overrides)
     metrics = train(config, tmp_path)
     assert metrics["step"] == 2 and 0.0 <= metrics["val/miou_1pt"] <= 1.0
     assert np.isfinite(metrics["train/loss"])
     trained = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     if name == "demo":
+        assert config["model"]["type"] == "vit_nano" and config["model"]["image_size"] == 64
+        assert trained["model.image_encoder.patch_embed.proj.weight"].shape[-1] == 8
         return
     official = assets["state"]
     # Started from the checkpoint: a buffer that never trains still holds its values.
