@@ -45,6 +45,8 @@ TASKS: dict[str, str] = {
     "proposals_lvis": "sam_lightning.evaluation.proposals:run_from_config",
     "instances_coco": "sam_lightning.evaluation.instances:run_from_config",
     "instances_lvis": "sam_lightning.evaluation.instances:run_from_config",
+    "text_coco": "sam_lightning.evaluation.text:run_from_config",
+    "text_refcoco": "sam_lightning.evaluation.text:run_from_config",
 }
 METRICS_FILE = "metrics.json"
 
@@ -67,9 +69,10 @@ def load_adapter(task: Any) -> Adapter:
 
 
 def model_factory(model_cfg: Mapping[str, Any], device: str, seed: int = 0) -> Callable[[], Sam]:
-    """A zero-argument function that builds ``model.type`` (with ``model.checkpoint`` and
-    ``model.image_size``) on ``device`` in eval mode on first call and returns that model
-    afterwards. Without a checkpoint the weights are random (seeded), and a warning says so."""
+    """A zero-argument function that builds ``model.type`` (with ``model.checkpoint``,
+    ``model.image_size`` and, for text prompts, ``model.text_embed_dim``) on ``device`` in
+    eval mode on first call and returns that model afterwards. Without a checkpoint the
+    weights are random (seeded), and a warning says so."""
 
     @functools.cache
     def get_model() -> Sam:
@@ -87,8 +90,12 @@ def model_factory(model_cfg: Mapping[str, Any], device: str, seed: int = 0) -> C
                 OFFICIAL_CHECKPOINTS,
             )
         torch.manual_seed(seed)
+        text_embed_dim = model_cfg.get("text_embed_dim")
         model = build_sam(
-            model_cfg["type"], checkpoint=checkpoint, image_size=int(model_cfg["image_size"])
+            model_cfg["type"],
+            checkpoint=checkpoint,
+            image_size=int(model_cfg["image_size"]),
+            text_embed_dim=None if text_embed_dim is None else int(text_embed_dim),
         )
         return model.to(device).eval()
 

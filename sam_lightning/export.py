@@ -6,7 +6,10 @@ A Lightning checkpoint of :class:`~sam_lightning.training.module.SamTrainingModu
 model's weights under ``state_dict`` with the prefix ``model.``, next to optimiser states and
 ``hyper_parameters``. The export is the plain, flat state dict of the official files (such
 as ``sam_vit_b_01ec64.pth``): loadable by the official ``segment_anything`` builders, by
-:func:`~sam_lightning.modeling.build.build_sam` and by ``SamPredictor`` users.
+:func:`~sam_lightning.modeling.build.build_sam` and by ``SamPredictor`` users. A model
+trained with text prompts (``training.text``) keeps its text projection
+(``prompt_encoder.text_projection.*``, for ``build_sam(..., text_embed_dim=D)``), which the
+official builders refuse as unexpected keys; ``--drop-text`` leaves it out.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sam_lightning.modeling.build import build_sam, sam_model_registry
+from sam_lightning.modeling.build import TEXT_PROJECTION, build_sam, sam_model_registry
 from sam_lightning.modeling.checkpoint import load_state_dict_file, save_checkpoint
 
 DEFAULT_IMAGE_SIZE = 1024
@@ -37,6 +40,7 @@ def export_checkpoint(
     model_type: str | None = None,
     image_size: int | None = None,
     prefix: str | None = None,
+    drop_text: bool = False,
 ) -> Path:
     """Writes the SAM weights of a training checkpoint as an official state-dict file.
 
@@ -51,6 +55,8 @@ def export_checkpoint(
             1024).
         prefix: key prefix of the SAM weights in ``state_dict`` (default: detected, e.g.
             ``"model."``).
+        drop_text: leave out the text projection of a model trained with text prompts, so
+            that the official builders load the file (they have no text prompt).
 
     Returns:
         The path written.
@@ -73,8 +79,14 @@ def export_checkpoint(
             f"model_type= (--model-type), one of {sorted(sam_model_registry)}"
         )
     image_size = int(image_size or hparams.get("image_size") or DEFAULT_IMAGE_SIZE)
+    projection = weights.get(f"{TEXT_PROJECTION}weight")
+    text_embed_dim = None if projection is None or drop_text else projection.shape[1]
+    if drop_text:
+        weights = {k: v for k, v in weights.items() if not k.startswith(TEXT_PROJECTION)}
     with torch.device("meta"):  # shapes only: no memory, no initialisation
-        expected = build_sam(model_type, image_size=image_size).state_dict()
+        expected = build_sam(
+            model_type, image_size=image_size, text_embed_dim=text_embed_dim
+        ).state_dict()
     problems = _key_mismatches(expected, weights)
     if problems:
         raise ValueError(
@@ -158,6 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--prefix", help="key prefix of the SAM weights in state_dict (default: detected)"
     )
+    parser.add_argument(
+        "--drop-text",
+        action="store_true",
+        help="leave out the text-prompt projection (for the official segment_anything builders)",
+    )
     args = parser.parse_args(argv)
     try:
         path = export_checkpoint(
@@ -166,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_type=args.model_type,
             image_size=args.image_size,
             prefix=args.prefix,
+            drop_text=args.drop_text,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

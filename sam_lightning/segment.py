@@ -4,10 +4,13 @@ Usage::
 
     python -m sam_lightning.segment IMAGE --point X,Y[,LABEL] ... --box X0,Y0,X1,Y1 ... \\
         --model-type vit_b --checkpoint sam_vit_b_01ec64.pth --output DIR
+    python -m sam_lightning.segment IMAGE --text "a wheel" ... --clip CLIP_DIR \\
+        --model-type vit_h --checkpoint text_model.pth --output DIR
 
 Writes ``DIR/mask_XX.png`` (0/255), ``DIR/overlay.png`` and ``DIR/masks.json`` (score, XYWH
 bbox, area and COCO RLE per mask), each atomically. Several boxes are decoded as one batch
-(each with all the points); without ``--checkpoint`` the weights are random.
+(each with all the points), and so are several texts (App. D.5: CLIP text prompts, for a
+checkpoint trained with them); without ``--checkpoint`` the weights are random.
 """
 
 from __future__ import annotations
@@ -56,13 +59,18 @@ def predict_masks(
     points: Sequence[Point],
     boxes: Sequence[Box],
     multimask_output: bool,
+    texts: Sequence[str] = (),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Runs the prompts on the predictor's image: all points with each box (one batch when
-    there are several boxes), or the points alone.
+    there are several boxes) or with each text (one batch), or the points alone.
 
-    Returns masks MxHxW bool, scores M and the prompt index (the box) of each mask."""
+    Returns masks MxHxW bool, scores M and the prompt index (the box or text) of each mask."""
+    if texts and boxes:
+        raise ValueError("give text prompts with points, not with boxes")
     coords = np.array([p[:2] for p in points], dtype=float).reshape(-1, 2) if points else None
     labels = np.array([p[2] for p in points], dtype=int) if points else None
+    if texts:
+        return _predict_texts(predictor, coords, labels, texts, multimask_output)
     if len(boxes) <= 1:
         box = np.array(boxes[0], dtype=float) if boxes else None
         masks, scores, _ = predictor.predict(coords, labels, box, None, multimask_output)
@@ -78,6 +86,27 @@ def predict_masks(
         coords_t, labels_t, boxes_t.to(predictor.device), None, multimask_output
     )
     prompt_index = np.repeat(np.arange(len(boxes)), masks_t.shape[1])
+    return masks_t.flatten(0, 1).cpu().numpy(), scores_t.flatten().cpu().numpy(), prompt_index
+
+
+def _predict_texts(
+    predictor: SamPredictor,
+    coords: np.ndarray | None,
+    labels: np.ndarray | None,
+    texts: Sequence[str],
+    multimask_output: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every text with all the points, in one batch."""
+    coords_t = labels_t = None
+    if coords is not None:
+        size = predictor.original_size
+        coords_t = predictor.transform.apply_coords_torch(torch.from_numpy(coords), size)
+        coords_t = coords_t[None].expand(len(texts), -1, -1).to(predictor.device)
+        labels_t = torch.from_numpy(labels)[None].expand(len(texts), -1).to(predictor.device)
+    masks_t, scores_t, _ = predictor.predict_torch(
+        coords_t, labels_t, None, None, multimask_output, text=list(texts)
+    )
+    prompt_index = np.repeat(np.arange(len(texts)), masks_t.shape[1])
     return masks_t.flatten(0, 1).cpu().numpy(), scores_t.flatten().cpu().numpy(), prompt_index
 
 
@@ -170,11 +199,22 @@ def write_outputs(
 
 
 def build_predictor(
-    model_type: str, checkpoint: str | Path | None, device: str, image_size: int = 1024
+    model_type: str,
+    checkpoint: str | Path | None,
+    device: str,
+    image_size: int = 1024,
+    clip: str | Path | None = None,
 ) -> SamPredictor:
     """Builds the model (random weights, seeded, when ``checkpoint`` is None) for
-    ``image_size`` inputs (the official checkpoints: 1024) and a predictor."""
+    ``image_size`` inputs (the official checkpoints: 1024) and a predictor; with ``clip`` (a
+    CLIP directory, :meth:`ClipEncoder.from_pretrained`) the model takes text prompts."""
     from sam_lightning.modeling.build import build_sam
+
+    text_encoder = None
+    if clip is not None:
+        from sam_lightning.modeling.text_encoder import ClipEncoder
+
+        text_encoder = ClipEncoder.from_pretrained(clip).to(device)
 
     if checkpoint is None:
         print(
@@ -187,8 +227,9 @@ def build_predictor(
         model_type,
         checkpoint=None if checkpoint is None else str(checkpoint),
         image_size=image_size,
+        text_embed_dim=None if text_encoder is None else text_encoder.embed_dim,
     )
-    return SamPredictor(model.to(device).eval())
+    return SamPredictor(model.to(device).eval(), text_encoder=text_encoder)
 
 
 def segment_image(
@@ -201,22 +242,31 @@ def segment_image(
     multimask_output: bool | None = None,
     device: str = "cpu",
     image_size: int = 1024,
+    texts: Sequence[str] = (),
+    clip: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Segments ``image_path`` from XY(label) ``points`` and XYXY ``boxes`` in pixels and writes
-    the results to ``output_dir``; returns the mask records of masks.json. ``image_size`` is
-    the model's input side (1024 for the official checkpoints; a trained checkpoint needs the
-    size it was trained at).
+    """Segments ``image_path`` from XY(label) ``points`` and XYXY ``boxes`` in pixels, or from
+    ``texts`` (each with the points; needs ``clip``, the CLIP directory, and a checkpoint
+    trained with text prompts) and writes the results to ``output_dir``; returns the mask
+    records of masks.json. ``image_size`` is the model's input side (1024 for the official
+    checkpoints; a trained checkpoint needs the size it was trained at).
 
-    ``multimask_output=None`` returns 3 masks for a single point and 1 otherwise.
-    Raises ValueError for invalid prompts, FileNotFoundError for a missing image."""
-    if not points and not boxes:
-        raise ValueError("give at least one point or box prompt")
+    ``multimask_output=None`` returns 3 masks for a single point or a text alone and 1
+    otherwise. Raises ValueError for invalid prompts, FileNotFoundError for a missing image."""
+    if not points and not boxes and not texts:
+        raise ValueError("give at least one point, box or text prompt")
+    if texts and clip is None:
+        raise ValueError("text prompts need the CLIP directory (--clip)")
     image = load_image(image_path)
     if multimask_output is None:
-        multimask_output = len(points) == 1 and not boxes
-    predictor = build_predictor(model_type, checkpoint, device, image_size)
+        multimask_output = (len(points) == 1 and not boxes and not texts) or (
+            bool(texts) and not points
+        )
+    predictor = build_predictor(model_type, checkpoint, device, image_size, clip)
     predictor.set_image(image)
-    masks, scores, prompt_index = predict_masks(predictor, points, boxes, multimask_output)
+    masks, scores, prompt_index = predict_masks(
+        predictor, points, boxes, multimask_output, texts
+    )
     document = {
         "image": str(image_path),
         "image_size": [int(image.shape[0]), int(image.shape[1])],
@@ -224,6 +274,7 @@ def segment_image(
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "points": [list(p) for p in points],
         "boxes": [list(b) for b in boxes],
+        "texts": list(texts),
         "masks": mask_records(masks, scores, prompt_index),
     }
     overlay = render_overlay(image, masks, prompt_index, points, boxes)
@@ -260,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of :func:`main`."""
     parser = argparse.ArgumentParser(
         prog="python -m sam_lightning.segment",
-        description="Segment an image with SAM from point and box prompts.",
+        description="Segment an image with SAM from point, box or text prompts.",
     )
     parser.add_argument("image", type=Path, help="image file (PNG, JPEG, ...)")
     parser.add_argument("--point", type=parse_point, action="append", default=[],
@@ -269,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--box", type=parse_box, action="append", default=[],
                         metavar="X0,Y0,X1,Y1", help="box prompt in pixels; repeatable (several "
                         "boxes are decoded as one batch, each with all points)")
+    parser.add_argument("--text", action="append", default=[], metavar="TEXT",
+                        help="free-form text prompt (needs --clip and a checkpoint trained with "
+                        "text prompts); repeatable (decoded as one batch, each with all points)")
+    parser.add_argument("--clip", type=Path, default=None, metavar="DIR",
+                        help="CLIP directory in the HuggingFace layout (config.json, "
+                        "model.safetensors, vocab.json, merges.txt) for --text")
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="vit_b")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help=f"model weights ({OFFICIAL_CHECKPOINTS}); random if omitted")
@@ -289,8 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (argparse exits with 2 on bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.point and not args.box:
-        parser.error("give at least one --point or --box")
+    if not args.point and not args.box and not args.text:
+        parser.error("give at least one --point, --box or --text")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         parser.error(f"checkpoint file not found: {args.checkpoint}")
     try:
@@ -300,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         records = segment_image(
             args.image, args.output, args.point, args.box, args.model_type,
-            args.checkpoint, args.multimask, args.device, args.image_size,
+            args.checkpoint, args.multimask, args.device, args.image_size, args.text, args.clip,
         )
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))

@@ -24,7 +24,6 @@ the annotation (its position and ``id``) and the field.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 from collections.abc import Iterable
@@ -43,6 +42,7 @@ from sam_lightning.data.sa1b import (
     _is_number,
     _kind,
     read_image,
+    read_json_object,
 )
 
 __all__ = ["CocoDataset", "LvisDataset"]
@@ -278,13 +278,7 @@ class CocoDataset:
 
     def _load(self) -> dict[str, Any]:
         file = str(self.annotations)
-        try:
-            with open(self.annotations, "rb") as handle:
-                document = json.load(handle)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise SA1BFormatError(file, "", f"not valid JSON: {error}") from None
-        if not isinstance(document, dict):
-            raise SA1BFormatError(file, "", f"expected a JSON object, got {_kind(document)}")
+        document = read_json_object(self.annotations)
         for field in ("images", "annotations"):
             if field not in document:
                 raise SA1BFormatError(file, field, f"missing; not a {self.kind} instances file")

@@ -186,6 +186,20 @@ def validate_sa1b_document(
     return document
 
 
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object in ``path``; :class:`SA1BFormatError` (naming the file) when the file
+    is not valid JSON or holds something else than an object."""
+    file = str(path)
+    try:
+        with open(path, "rb") as handle:
+            document = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SA1BFormatError(file, "", f"not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise SA1BFormatError(file, "", f"expected a JSON object, got {_kind(document)}")
+    return document
+
+
 def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string"}.get(type(value), repr(value)[:60])
 

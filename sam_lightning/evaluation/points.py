@@ -195,6 +195,15 @@ def size_of(area: float) -> str:
     return next(name for name, (low, high) in AREA_RANGES.items() if low <= area < high)
 
 
+def size_groups(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """The records by metric suffix: ``""`` all of them, ``"_small"``, ``"_medium"`` and
+    ``"_large"`` those whose ``gt_area`` is of that size."""
+    groups = {"": list(records)}
+    for name in AREA_RANGES:
+        groups[f"_{name}"] = [r for r in records if size_of(r["gt_area"]) == name]
+    return groups
+
+
 def points_metrics(
     records: Iterable[Mapping[str, Any]], num_clicks: Sequence[int] = PAPER_NUM_CLICKS
 ) -> dict[str, float]:
@@ -206,11 +215,8 @@ def points_metrics(
     clicks = sorted(set(num_clicks) | {1})
     if records and len(records[0]["ious"]) < clicks[-1]:
         raise ValueError(f"records hold {len(records[0]['ious'])} clicks, not {clicks[-1]}")
-    groups = {"": records}
-    for name in AREA_RANGES:
-        groups[f"_{name}"] = [r for r in records if size_of(r["gt_area"]) == name]
     metrics: dict[str, float] = {}
-    for suffix, group in groups.items():
+    for suffix, group in size_groups(records).items():
         metrics[f"num_objects{suffix}"] = float(len(group))
         if not group:
             continue

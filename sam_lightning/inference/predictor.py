@@ -19,6 +19,7 @@ from sam_lightning.transforms import ResizeLongestSide
 
 if TYPE_CHECKING:
     from sam_lightning.modeling.sam import Sam
+    from sam_lightning.modeling.text_encoder import ClipEncoder
 
 #: Float elements per chunk of mask upscaling in :meth:`SamPredictor._postprocess` (64 MB).
 POSTPROCESS_CHUNK_ELEMENTS = 16 * 2**20
@@ -38,10 +39,30 @@ class SamPredictor:
         original_size: (H, W) of the set image before resizing (first image of a batch).
         input_size: (H, W) of the set image after resizing (first image of a batch).
         original_sizes, input_sizes: the same for every image of a batch.
+        text_encoder: the CLIP encoder of text prompts (App. D.5), or None.
+
+    Args:
+        sam_model: the model; for text prompts built with ``text_embed_dim`` equal to the
+            CLIP embedding width.
+        text_encoder: a :class:`~sam_lightning.modeling.text_encoder.ClipEncoder`, needed
+            for ``text=`` prompts given as strings.
     """
 
-    def __init__(self, sam_model: Sam) -> None:
+    def __init__(self, sam_model: Sam, text_encoder: ClipEncoder | None = None) -> None:
         self.model = sam_model
+        self.text_encoder = text_encoder
+        if text_encoder is not None:
+            expected = sam_model.prompt_encoder.text_embed_dim
+            if expected is None:
+                raise ValueError(
+                    "a text_encoder was given but the model takes no text prompts: build "
+                    f"it with text_embed_dim={text_encoder.embed_dim}"
+                )
+            if expected != text_encoder.embed_dim:
+                raise ValueError(
+                    f"the model's text prompts are {expected} wide but the text encoder's "
+                    f"embeddings are {text_encoder.embed_dim} wide"
+                )
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.reset_image()
 
@@ -188,6 +209,27 @@ class SamPredictor:
     def _to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(array, dtype=torch.float, device=self.device)
 
+    @torch.inference_mode()
+    def _text_embeddings(self, text: str | Sequence[str] | torch.Tensor | None) -> Any:
+        """``B×D`` CLIP embeddings of text prompts: strings are encoded with
+        :attr:`text_encoder`, a tensor is taken as embeddings already."""
+        if text is None:
+            return None
+        if self.model.prompt_encoder.text_embed_dim is None:
+            raise ValueError(
+                "text prompts need a model built with text_embed_dim=<CLIP embedding width>"
+            )
+        if isinstance(text, torch.Tensor):
+            return text.to(self.device, torch.float)
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"text must be a string or a non-empty list of strings, got {text!r}")
+        if self.text_encoder is None:
+            raise ValueError(
+                "text prompts given as strings need SamPredictor(model, text_encoder=...)"
+            )
+        return self.text_encoder.encode_text(texts).to(self.device, torch.float)
+
     def predict(
         self,
         point_coords: np.ndarray | None = None,
@@ -196,6 +238,7 @@ class SamPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        text: str | None = None,
     ) -> Prediction:
         """Predicts masks for one prompt on the image set with :meth:`set_image`.
 
@@ -206,16 +249,22 @@ class SamPredictor:
             mask_input: 1xhxw low-resolution logits of a previous prediction (h=w=256 for SAM).
             multimask_output: return 3 masks instead of 1 (better for ambiguous prompts).
             return_logits: return mask logits instead of binary masks.
+            text: a free-form text prompt (e.g. ``"a wheel"``, App. D.5), alone or with the
+                other prompts; needs the predictor's ``text_encoder``.
 
         Returns:
             masks (CxHxW, bool unless ``return_logits``), quality scores (C), and
             low-resolution logits (Cxhxw) for the next ``mask_input``.
         """
         self._require_image(single=True)
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"predict takes one text (a string), got {text!r}; see predict_torch")
         prompts = self._prepare_prompts(
             point_coords, point_labels, box, mask_input, self.original_size, batched=False
         )
-        masks, scores, low_res = self._predict_prepared(*prompts, multimask_output, return_logits)
+        masks, scores, low_res = self._predict_prepared(
+            *prompts, multimask_output, return_logits, self._text_embeddings(text)
+        )
         return masks[0].cpu().numpy(), scores[0].cpu().numpy(), low_res[0].cpu().numpy()
 
     def predict_torch(
@@ -226,11 +275,13 @@ class SamPredictor:
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        text: Sequence[str] | torch.Tensor | None = None,
     ) -> TorchPrediction:
         """Predicts masks for a batch of B prompts on the image set with :meth:`set_image`.
 
         Prompts are tensors already in the resized input frame (see :attr:`transform`):
-        point_coords BxNx2, point_labels BxN, boxes Bx4 (XYXY), mask_input Bx1xhxw.
+        point_coords BxNx2, point_labels BxN, boxes Bx4 (XYXY), mask_input Bx1xhxw; text is
+        B strings (encoded together by the ``text_encoder``) or BxD CLIP embeddings.
 
         Returns:
             masks BxCxHxW (bool unless ``return_logits``), scores BxC, low-res logits BxCxhxw.
@@ -248,7 +299,13 @@ class SamPredictor:
             expected = (mask_input.shape[0] if mask_input.ndim else 0, 1, *self._mask_input_size)
             _checks.check_mask_input(mask_input, expected, "expected Bx1xHxW low-resolution logits")
         return self._predict_prepared(
-            point_coords, point_labels, boxes, mask_input, multimask_output, return_logits
+            point_coords,
+            point_labels,
+            boxes,
+            mask_input,
+            multimask_output,
+            return_logits,
+            self._text_embeddings(text),
         )
 
     @torch.inference_mode()
@@ -260,14 +317,22 @@ class SamPredictor:
         masks: torch.Tensor | None,
         multimask_output: bool,
         return_logits: bool,
+        text_embeddings: torch.Tensor | None = None,
     ) -> TorchPrediction:
         _checks.check_batch_sizes(
             point_coords=None if coords is None else coords.shape[0],
             boxes=None if boxes is None else boxes.shape[0],
             mask_input=None if masks is None else masks.shape[0],
+            text=None if text_embeddings is None else text_embeddings.shape[0],
         )
         low_res, scores = self.model.decode(
-            self.features, coords, labels, boxes, masks, multimask_output=multimask_output
+            self.features,
+            coords,
+            labels,
+            boxes,
+            masks,
+            multimask_output=multimask_output,
+            text_embeddings=text_embeddings,
         )
         masks = self._postprocess(low_res, self.input_size, self.original_size, return_logits)
         return masks, scores, low_res

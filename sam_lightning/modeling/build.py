@@ -3,6 +3,7 @@ and demos, and arbitrary custom sizes."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from os import PathLike
@@ -18,6 +19,8 @@ from sam_lightning.modeling.transformer import TwoWayTransformer
 
 PROMPT_EMBED_DIM = 256
 PATCH_SIZE = 16
+#: Key prefix of the text prompt's projection (absent from the official checkpoints).
+TEXT_PROJECTION = "prompt_encoder.text_projection."
 
 
 def build_sam_custom(
@@ -35,6 +38,7 @@ def build_sam_custom(
     decoder_num_heads: int = 8,
     drop_path_rate: float = 0.0,
     activation_checkpointing: bool = False,
+    text_embed_dim: int | None = None,
 ) -> Sam:
     """Builds a SAM of the given sizes (by default the decoder and prompt encoder of the
     official models), in eval mode, optionally loading ``checkpoint`` strictly.
@@ -56,6 +60,10 @@ def build_sam_custom(
         activation_checkpointing: recompute the encoder blocks in the backward pass
             (training mode only); toggle later with
             ``model.image_encoder.activation_checkpointing``.
+        text_embed_dim: CLIP embedding width of a text prompt (App. D.5; 768 for CLIP
+            ViT-L/14), see :class:`~sam_lightning.modeling.prompt_encoder.PromptEncoder`;
+            the checkpoint need not hold its projection (an official checkpoint starts a
+            text model with a freshly initialised one).
     """
     if image_size % patch_size:
         raise ValueError(f"image_size must be a multiple of {patch_size}, got {image_size}")
@@ -82,6 +90,7 @@ def build_sam_custom(
             image_embedding_size=(grid, grid),
             input_image_size=(image_size, image_size),
             mask_in_chans=16,
+            text_embed_dim=text_embed_dim,
         ),
         mask_decoder=MaskDecoder(
             transformer_dim=prompt_embed_dim,
@@ -98,7 +107,13 @@ def build_sam_custom(
     )
     sam.eval()
     if checkpoint is not None:
-        load_checkpoint(sam, checkpoint, strict=True)
+        result = load_checkpoint(sam, checkpoint, strict=True, may_be_missing=[TEXT_PROJECTION])
+        if any(key.startswith(TEXT_PROJECTION) for key in result.missing_keys):
+            warnings.warn(
+                f"{checkpoint} has no text projection ({TEXT_PROJECTION}*): it is freshly "
+                "initialised, so text prompts mean nothing until trained (training.text)",
+                stacklevel=2,
+            )
     return sam
 
 
@@ -118,6 +133,7 @@ def _registry_entry(
         *,
         drop_path_rate: float = 0.0,
         activation_checkpointing: bool = False,
+        text_embed_dim: int | None = None,
     ) -> Sam:
         return build_sam_custom(
             embed_dim,
@@ -128,6 +144,7 @@ def _registry_entry(
             checkpoint=checkpoint,
             drop_path_rate=drop_path_rate,
             activation_checkpointing=activation_checkpointing,
+            text_embed_dim=text_embed_dim,
             **sizes,
         )
 
@@ -135,7 +152,8 @@ def _registry_entry(
 
 
 #: Model constructors by name, called as ``sam_model_registry[name](checkpoint=None,
-#: image_size=1024, *, drop_path_rate=0.0, activation_checkpointing=False)``.
+#: image_size=1024, *, drop_path_rate=0.0, activation_checkpointing=False,
+#: text_embed_dim=None)``.
 #: ``vit_tiny`` and ``vit_nano`` are not official models (no official weights exist):
 #: ``vit_tiny`` is a small encoder with the official decoder, for CPU tests against the
 #: official modules; ``vit_nano`` has the same encoder on 8-pixel patches and a decoder half
@@ -168,12 +186,13 @@ def build_sam(
     *,
     drop_path_rate: float = 0.0,
     activation_checkpointing: bool = False,
+    text_embed_dim: int | None = None,
 ) -> Sam:
     """Builds a registered model (``vit_b``, ``vit_l``, ``vit_h``, ``vit_tiny``,
     ``vit_nano``) in eval mode, optionally loading ``checkpoint`` (official ``.pth``, our
     training checkpoints, ``.safetensors``) strictly. ``drop_path_rate`` and
     ``activation_checkpointing`` are training features of the image encoder, see
-    :func:`build_sam_custom`."""
+    :func:`build_sam_custom`; ``text_embed_dim`` adds a CLIP text prompt (App. D.5)."""
     if model_type not in sam_model_registry:
         raise ValueError(
             f"unknown model type {model_type!r}; choose one of {sorted(sam_model_registry)}"
@@ -183,4 +202,5 @@ def build_sam(
         image_size=image_size,
         drop_path_rate=drop_path_rate,
         activation_checkpointing=activation_checkpointing,
+        text_embed_dim=text_embed_dim,
     )

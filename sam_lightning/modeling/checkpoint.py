@@ -12,7 +12,7 @@ import os
 import pickle
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -71,20 +71,39 @@ def load_state_dict_file(path: str | PathLike[str], prefix: str | None = None) -
 
 
 def load_checkpoint(
-    model: nn.Module, path: str | PathLike[str], strict: bool = True, prefix: str | None = None
+    model: nn.Module,
+    path: str | PathLike[str],
+    strict: bool = True,
+    prefix: str | None = None,
+    may_be_missing: Sequence[str] = (),
 ) -> Any:
     """Loads weights from ``path`` (see :func:`load_state_dict_file`) into ``model``.
+
+    Args:
+        may_be_missing: key prefixes of the model that the file need not hold, even when
+            ``strict`` (e.g. ``"prompt_encoder.text_projection."``: an official checkpoint
+            loaded into a model with a text prompt); those weights keep their values.
 
     Raises:
         ValueError: listing missing and unexpected keys (when ``strict``) and keys whose
             shape differs (always), by name and shape.
 
     Returns:
-        ``model.load_state_dict``'s result (missing and unexpected keys when not strict).
+        ``model.load_state_dict``'s result (missing and unexpected keys when not strict or
+        when optional keys were missing).
     """
     state_dict = load_state_dict_file(path, prefix=prefix)
-    _check_keys(model.state_dict(), state_dict, strict, path)
-    return model.load_state_dict(state_dict, strict=strict)
+    expected = model.state_dict()
+    optional = tuple(may_be_missing)
+    _check_keys(
+        {k: v for k, v in expected.items() if k in state_dict or not k.startswith(optional)},
+        state_dict,
+        strict,
+        path,
+    )
+    skipped = any(k not in state_dict and k.startswith(optional) for k in expected)
+    # Checked above: with ``strict``, the only missing keys are the optional ones.
+    return model.load_state_dict(state_dict, strict=strict and not skipped)
 
 
 def save_checkpoint(

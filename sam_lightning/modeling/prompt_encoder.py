@@ -1,10 +1,12 @@
-"""Prompt encoder of SAM: points and boxes -> sparse tokens, masks -> dense embeddings."""
+"""Prompt encoder of SAM: points, boxes (and optionally CLIP text/image embeddings) -> sparse
+tokens, masks -> dense embeddings."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sam_lightning.modeling.common import LayerNorm2d
@@ -60,6 +62,10 @@ class PromptEncoder(nn.Module):
             are pixels of this frame.
         mask_in_chans: hidden channels of the mask downscaling network.
         activation: activation class of the mask downscaling network.
+        text_embed_dim: width of CLIP embeddings taken as a prompt (App. D.5: text at
+            inference, the mask region's image embedding in training); each is
+            ℓ2-normalised and projected linearly to one sparse token. None (the official
+            models): no text prompt and no extra weights.
     """
 
     def __init__(
@@ -69,9 +75,11 @@ class PromptEncoder(nn.Module):
         input_image_size: tuple[int, int],
         mask_in_chans: int,
         activation: type[nn.Module] = nn.GELU,
+        text_embed_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
+        self.text_embed_dim = text_embed_dim
         self.input_image_size = tuple(input_image_size)
         self.image_embedding_size = tuple(image_embedding_size)
         self.pe_layer = PositionEmbeddingRandom(embed_dim // 2)
@@ -94,6 +102,8 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        if text_embed_dim is not None:
+            self.text_projection = nn.Linear(text_embed_dim, embed_dim)
 
     def get_dense_pe(self) -> Tensor:
         """Position encoding of the image embedding grid, ``1×embed_dim×h×w``."""
@@ -122,11 +132,27 @@ class PromptEncoder(nn.Module):
         corner_embed = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])
         return embedding + corner_embed
 
+    def _embed_text(self, text_bd: Tensor) -> Tensor:
+        """``B×D`` CLIP embeddings -> ``B×1×C`` tokens (ℓ2-normalised, then projected)."""
+        if self.text_embed_dim is None:
+            raise ValueError(
+                "this prompt encoder takes no text prompts: build the model with "
+                "text_embed_dim=<CLIP embedding width>"
+            )
+        if text_bd.ndim != 2 or text_bd.shape[1] != self.text_embed_dim:
+            raise ValueError(
+                f"expected B×{self.text_embed_dim} CLIP embeddings, got {tuple(text_bd.shape)}"
+            )
+        weight = self.text_projection.weight
+        normalised = F.normalize(text_bd.to(weight.dtype), dim=-1)
+        return self.text_projection(normalised)[:, None]
+
     def forward(
         self,
         points: tuple[Tensor, Tensor] | None,
         boxes: Tensor | None,
         masks: Tensor | None,
+        text: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Embeds a batch of B prompts.
 
@@ -135,15 +161,19 @@ class PromptEncoder(nn.Module):
                 -1 padding (not a point). Coordinates in the input frame.
             boxes: ``B×4`` boxes ``(x0, y0, x1, y1)`` in the input frame.
             masks: ``B×1×4h×4w`` mask logits.
+            text: ``B×text_embed_dim`` CLIP embeddings (text or image), one token each,
+                placed before the point and box tokens.
 
         Returns:
-            Sparse embeddings ``B×N'×embed_dim`` (N' = points (+1 padding token when there
-            is no box) + 2 per box; 0 without points and boxes) and dense embeddings
-            ``B×embed_dim×h×w``. B is 1 when no prompt is given.
+            Sparse embeddings ``B×N'×embed_dim`` (N' = 1 with text + points (+1 padding
+            token when there is no box) + 2 per box; 0 without text, points and boxes) and
+            dense embeddings ``B×embed_dim×h×w``. B is 1 when no prompt is given.
         """
-        bs = _batch_size(points, boxes, masks)
+        bs = _batch_size(points, boxes, masks, text)
         weight = self.point_embeddings[0].weight
         tokens = [weight.new_empty((bs, 0, self.embed_dim))]
+        if text is not None:
+            tokens.append(self._embed_text(text))
         if points is not None:
             tokens.append(self._embed_points(*points, pad=boxes is None))
         if boxes is not None:
@@ -160,7 +190,10 @@ class PromptEncoder(nn.Module):
 
 
 def _batch_size(
-    points: tuple[Tensor, Tensor] | None, boxes: Tensor | None, masks: Tensor | None
+    points: tuple[Tensor, Tensor] | None,
+    boxes: Tensor | None,
+    masks: Tensor | None,
+    text: Tensor | None = None,
 ) -> int:
     """Number of prompts: the batch of the first prompt given, 1 if none."""
     if points is not None:
@@ -169,4 +202,6 @@ def _batch_size(
         return boxes.shape[0]
     if masks is not None:
         return masks.shape[0]
+    if text is not None:
+        return text.shape[0]
     return 1

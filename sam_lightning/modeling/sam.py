@@ -14,7 +14,7 @@ from sam_lightning.modeling.image_encoder import ImageEncoderViT
 from sam_lightning.modeling.mask_decoder import MaskDecoder
 from sam_lightning.modeling.prompt_encoder import PromptEncoder
 
-_PROMPT_KEYS = ("point_coords", "point_labels", "boxes", "mask_inputs")
+_PROMPT_KEYS = ("point_coords", "point_labels", "boxes", "mask_inputs", "text_embeddings")
 
 
 class Sam(nn.Module):
@@ -112,6 +112,7 @@ class Sam(nn.Module):
         mask_inputs: Tensor | None = None,
         multimask_output: bool = True,
         image_index: Tensor | None = None,
+        text_embeddings: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Predicts masks for P prompts over B image embeddings.
 
@@ -125,6 +126,9 @@ class Sam(nn.Module):
             image_index: ``P`` LongTensor, the embedding of each prompt. Default: B == 1 is
                 shared by all prompts, B == P pairs them one-to-one, otherwise ``ValueError``.
                 Without any prompt, P is ``len(image_index)`` (default B).
+            text_embeddings: ``P×D`` CLIP embeddings (text, or a mask region's image
+                embedding in training; App. D.5), for a model built with
+                ``text_embed_dim=D``.
 
         Returns:
             Low-resolution mask logits ``P×K×4h×4w`` and IoU predictions ``P×K``.
@@ -134,8 +138,10 @@ class Sam(nn.Module):
             if point_labels is None:
                 raise ValueError("point_coords given without point_labels")
             points = (point_coords, point_labels)
-        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_inputs)
-        if points is None and boxes is None and mask_inputs is None:
+        sparse, dense = self.prompt_encoder(
+            points=points, boxes=boxes, masks=mask_inputs, text=text_embeddings
+        )
+        if points is None and boxes is None and mask_inputs is None and text_embeddings is None:
             num_prompts = image_embeddings.shape[0] if image_index is None else len(image_index)
             sparse = sparse.expand(num_prompts, -1, -1)
             dense = dense.expand(num_prompts, -1, -1, -1)
@@ -159,7 +165,7 @@ class Sam(nn.Module):
             batched_input: one dict per image with ``'image'`` (``3×h×w`` input frame),
                 ``'original_size'`` ``(H, W)`` and optional prompts ``'point_coords'``
                 ``B_i×N×2`` with ``'point_labels'`` ``B_i×N``, ``'boxes'`` ``B_i×4``,
-                ``'mask_inputs'`` ``B_i×1×4h×4w``.
+                ``'mask_inputs'`` ``B_i×1×4h×4w``, ``'text_embeddings'`` ``B_i×D`` (CLIP).
             multimask_output: K = 3 ambiguity masks instead of K = 1.
 
         Returns:
@@ -197,7 +203,7 @@ class Sam(nn.Module):
 
 def _num_prompts(record: Mapping[str, Any]) -> int:
     """Prompts of one image record: the batch of its first prompt, 1 without prompts."""
-    for key in ("point_coords", "boxes", "mask_inputs"):
+    for key in ("point_coords", "boxes", "mask_inputs", "text_embeddings"):
         if record.get(key) is not None:
             return record[key].shape[0]
     return 1

@@ -176,6 +176,18 @@ def single_prompt_ious(
 
 
 @torch.no_grad()
+def text_prompt_ious(
+    model: Sam, embeddings: Tensor, gt_masks: Tensor, image_index: Tensor, text: Tensor
+) -> Tensor:
+    """IoU of the most confident of the 3 masks for ``P×D`` CLIP embeddings alone (App.
+    D.5), for ``P×S×S`` masks in the padded input frame."""
+    low_res, scores = model.decode(
+        embeddings, multimask_output=True, image_index=image_index, text_embeddings=text
+    )
+    return _iou(_threshold(model, _most_confident(low_res, scores), gt_masks.shape[-2:]), gt_masks)
+
+
+@torch.no_grad()
 def corrective_click_ious(
     model: Sam, embeddings: Tensor, gt_masks: Tensor, image_index: Tensor, num_clicks: int
 ) -> Tensor:

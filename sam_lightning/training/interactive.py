@@ -29,6 +29,8 @@ def simulate_interactive(
     box_noise: float = 0.1,
     box_max_noise: float = 20.0,
     schedule: Sequence[bool] | None = None,
+    text_embeddings: Tensor | None = None,
+    use_text: Tensor | None = None,
 ) -> dict[str, Tensor | list[bool]]:
     """Simulates an interactive session for P masks and returns the training loss.
 
@@ -41,6 +43,10 @@ def simulate_interactive(
     point plus point: more than one prompt) the decoder gives its single mask (K = 1).
     Point prompts and box prompts are decoded in two calls, so that each has exactly the
     token structure of inference (no padding token stands in for a missing box).
+
+    With ``use_text``, the chosen masks are first prompted instead with a CLIP embedding
+    (App. D.5: in training the CLIP *image* embedding of the mask's region, at inference
+    the text's), and their corrective points follow that token in the later rounds.
 
     Every round gets :func:`~sam_lightning.training.losses.sam_loss` against the ground
     truth reduced to the low-resolution logits' grid (``4h×4w``, 256² for SAM) by area
@@ -65,6 +71,8 @@ def simulate_interactive(
             :func:`~sam_lightning.training.prompts.jitter_boxes`.
         schedule: which rounds add a prompt (its first entry must be True); default
             :func:`~sam_lightning.training.prompts.round_schedule`.
+        text_embeddings: ``P×D`` CLIP embeddings (rows not in ``use_text`` are unused).
+        use_text: ``P`` bool, the masks whose first prompt is their CLIP embedding.
 
     Returns:
         ``loss`` (mean over rounds, to backpropagate); detached: ``round_losses`` (R),
@@ -88,7 +96,9 @@ def simulate_interactive(
     low_res = model.prompt_encoder.mask_input_size
     targets = F.interpolate(gt[:, None].float(), size=low_res, mode="area")[:, 0] > 0.5
     first = first_prompts(gt, generator, box_probability, box_noise, box_max_noise)
-    groups = _Groups(first.use_box)
+    if use_text is not None and (text_embeddings is None or use_text.shape != gt.shape[:1]):
+        raise ValueError("use_text needs P flags and P×D text_embeddings")
+    groups = _Groups(first.use_box, use_text, text_embeddings)
     extra_coords = first.point_coords.new_zeros((len(gt), 0, 2))
     extra_labels = first.point_labels.new_zeros((len(gt), 0))
     mask_inputs = pred = None
@@ -133,13 +143,20 @@ def simulate_interactive(
 
 
 class _Groups:
-    """Splits P prompts into point-first and box-first groups, decodes each group with its
-    own prompt structure and puts the outputs back in the prompts' order."""
+    """Splits P prompts into point-first, box-first and text-first groups, decodes each
+    group with its own prompt structure and puts the outputs back in the prompts' order."""
 
-    def __init__(self, use_box: Tensor) -> None:
-        self.point_rows = torch.nonzero(~use_box)[:, 0]
-        self.box_rows = torch.nonzero(use_box)[:, 0]
-        self.inverse = torch.argsort(torch.cat([self.point_rows, self.box_rows]))
+    def __init__(
+        self, use_box: Tensor, use_text: Tensor | None, text_embeddings: Tensor | None
+    ) -> None:
+        text = torch.zeros_like(use_box) if use_text is None else use_text.bool()
+        self.groups = [
+            (torch.nonzero(~use_box & ~text)[:, 0], "point"),
+            (torch.nonzero(use_box & ~text)[:, 0], "box"),
+            (torch.nonzero(text)[:, 0], "text"),
+        ]
+        self.text_embeddings = text_embeddings
+        self.inverse = torch.argsort(torch.cat([rows for rows, _ in self.groups]))
 
     def decode(
         self,
@@ -152,25 +169,28 @@ class _Groups:
         mask_inputs: Tensor | None,
         multimask_output: bool,
     ) -> tuple[Tensor, Tensor]:
-        """Decodes ``P×N×2`` points (the first is the point prompt, unused by box-first
-        prompts) and ``P×4`` boxes (used by box-first prompts only)."""
+        """Decodes ``P×N×2`` points (the first is the point prompt, unused by box-first and
+        text-first prompts), ``P×4`` boxes (used by box-first prompts only) and the text
+        embeddings (text-first prompts only)."""
         logits, ious = [], []
-        for rows, is_box in ((self.point_rows, False), (self.box_rows, True)):
+        for rows, kind in self.groups:
             if len(rows) == 0:
                 continue
             coords, labels = point_coords[rows], point_labels[rows]
-            if is_box:
+            if kind != "point":
                 coords, labels = coords[:, 1:], labels[:, 1:]
                 if coords.shape[1] == 0:
                     coords = labels = None
+            text = self.text_embeddings[rows] if kind == "text" else None
             group_logits, group_ious = model.decode(
                 embeddings,
                 point_coords=coords,
                 point_labels=labels,
-                boxes=boxes[rows] if is_box else None,
+                boxes=boxes[rows] if kind == "box" else None,
                 mask_inputs=None if mask_inputs is None else mask_inputs[rows],
                 multimask_output=multimask_output,
                 image_index=image_index[rows],
+                text_embeddings=text,
             )
             logits.append(group_logits)
             ious.append(group_ious)

@@ -3,8 +3,8 @@ simulated interactive session (:func:`simulate_interactive`) on the cached embed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -16,13 +16,27 @@ from sam_lightning.training.evaluation import (
     corrective_click_ious,
     interior_points,
     single_prompt_ious,
+    text_prompt_ious,
 )
 from sam_lightning.training.interactive import simulate_interactive
 from sam_lightning.training.optim import build_optimizer, freeze
 from sam_lightning.training.overlays import validation_panels
 
+if TYPE_CHECKING:
+    from sam_lightning.modeling.text_encoder import ClipEncoder
+
 #: The checkpoint entry holding :attr:`SamTrainingModule.batches_seen`.
 POSITION_KEY = "sam_lightning_batches_seen"
+#: Settings of ``text`` (App. D.5) and their defaults; ``clip_path`` or ``clip_tiny`` is needed.
+TEXT_DEFAULTS: dict[str, Any] = {
+    "clip_path": None,  # CLIP directory in the HuggingFace layout (paper: ViT-L/14@336px)
+    "clip_tiny": None,  # or tiny_clip_config(**clip_tiny) with random weights (demos, tests)
+    "clip_seed": 0,  # the random tiny CLIP's seed
+    "min_mask_area": 100**2,  # masks of at least this many original-image pixels get CLIP prompts
+    "probability": 1.0,  # share of those whose first prompt is their CLIP image embedding
+    "expand_range": [1.0, 2.0],  # the mask box's random expansion before the square crop
+    "zero_outside_probability": 0.5,  # chance that the crop's pixels outside the mask are 0
+}
 
 
 class SamTrainingModule(L.LightningModule):
@@ -45,6 +59,15 @@ class SamTrainingModule(L.LightningModule):
             (``val/miou_<k>clicks``: each next click at the deepest error pixel, App. D.1).
         val_images: validation images shown with their masks (ground truth beside the 1-point
             prediction) to loggers that take images (W&B), at every validation.
+        text: CLIP prompts (App. D.5), None for none; keys of :data:`TEXT_DEFAULTS`. The
+            model gets a text token (``text_embed_dim`` = the CLIP's width); masks of at
+            least ``min_mask_area`` pixels (of the original image) are first prompted, with
+            ``probability``, by the frozen CLIP's image embedding of a square crop around
+            them (box expanded by a random factor in ``expand_range``, pixels outside the
+            mask zeroed with ``zero_outside_probability``, the last attention layer
+            restricted to the mask), then get the corrective clicks. Validation adds
+            ``val/miou_clip``: the mask from that embedding alone (middle expansion,
+            nothing zeroed).
         seed: base seed of the prompt sampling (combined with the batch position and the
             rank, so a resumed run samples what the uninterrupted one would have).
 
@@ -79,8 +102,10 @@ class SamTrainingModule(L.LightningModule):
         val_clicks: int = 5,
         val_images: int = 4,
         seed: int = 0,
+        text: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        text_settings = _text_settings(text)
         # Plain containers only: checkpoints are read back with weights_only=True.
         self.save_hyperparameters(
             {
@@ -105,20 +130,66 @@ class SamTrainingModule(L.LightningModule):
                 "val_clicks": int(val_clicks),
                 "val_images": int(val_images),
                 "seed": int(seed),
+                "text": text_settings,
             }
         )
+        # Frozen and not a submodule: its weights stay out of checkpoints and the optimiser.
+        self._clip = None if text_settings is None else (_build_clip(text_settings),)
         self.model = build_sam(
             model_type,
             checkpoint=checkpoint,
             image_size=image_size,
             drop_path_rate=drop_path_rate,
             activation_checkpointing=activation_checkpointing,
+            text_embed_dim=None if self.clip is None else self.clip.embed_dim,
         ).train()
         freeze(self.model, frozen)
         self.batches_seen = 0
         self.validated_at_step: int | None = None
         names = ["1pt", "box", *[f"{k}clicks" for k in range(2, int(val_clicks) + 1)]]
+        names += [] if self.clip is None else ["clip"]
         self.val_ious = torch.nn.ModuleDict({name: MeanMetric() for name in names})
+
+    @property
+    def clip(self) -> ClipEncoder | None:
+        """The frozen CLIP encoder of the text prompts (on this module's device), or None."""
+        if self._clip is None:
+            return None
+        return self._clip[0].to(self.device)
+
+    def _clip_prompts(
+        self, batch: dict[str, Any], generator: torch.Generator | None, validation: bool
+    ) -> tuple[Tensor, Tensor]:
+        """CLIP image embeddings ``P×D`` of the batch's masks and the ``P`` flags of the
+        masks that take them (large enough, and drawn with ``probability`` in training;
+        rows not flagged are zeros)."""
+        from sam_lightning.training.clip_prompts import clip_image_prompts
+
+        settings, masks = self.hparams.text, batch["masks"]
+        # Areas in pixels of the original images, as the paper counts them.
+        scale = batch["original_size"][:, 0].float() / batch["input_size"][:, 0].float()
+        area = masks.flatten(1).sum(1) * scale.to(masks.device)[batch["image_index"]].square()
+        use = area >= settings["min_mask_area"]
+        if not validation:
+            draws = torch.rand(len(masks), generator=generator, device=generator.device)
+            use &= draws.to(use.device) < settings["probability"]
+        clip = self.clip
+        embeddings = masks.new_zeros((len(masks), clip.embed_dim), dtype=torch.float)
+        if use.any():
+            low, high = settings["expand_range"]
+            middle = (low + high) / 2
+            embeddings[use] = clip_image_prompts(
+                clip,
+                batch["images"].float(),
+                batch["image_index"][use],
+                masks[use],
+                generator=None if validation else generator,
+                expand_range=(middle, middle) if validation else (low, high),
+                zero_outside_probability=0.0
+                if validation
+                else settings["zero_outside_probability"],
+            ).float()
+        return embeddings, use
 
     def on_train_batch_start(self, batch: Any, batch_index: int) -> None:
         # Counted at the start: a checkpoint written at this batch's end includes it.
@@ -168,12 +239,18 @@ class SamTrainingModule(L.LightningModule):
             return self._zero_for(self.model.parameters())  # still decays), ranks in step
         embeddings = self._embeddings(batch)
         hp = self.hparams
+        generator = self._generator()
+        text = use_text = None
+        if self.clip is not None:
+            text, use_text = self._clip_prompts(batch, generator, validation=False)
         out = simulate_interactive(
             self.model,
             embeddings,
             batch["masks"],
             batch["image_index"],
-            generator=self._generator(),
+            generator=generator,
+            text_embeddings=text,
+            use_text=use_text,
             num_point_rounds=hp.num_point_rounds,
             box_probability=hp.box_probability,
             focal_weight=hp.focal_weight,
@@ -207,6 +284,12 @@ class SamTrainingModule(L.LightningModule):
                 self.model, embeddings, masks, image_index, self.hparams.val_clicks
             )
             ious.update({f"{k}clicks": clicks[:, k - 1] for k in range(2, clicks.shape[1] + 1)})
+        if self.clip is not None:
+            text, use = self._clip_prompts(batch, None, validation=True)
+            if use.any():
+                ious["clip"] = text_prompt_ious(
+                    self.model, embeddings, masks[use], image_index[use], text[use]
+                )
         for name, values in ious.items():
             metric = self.val_ious[name]
             metric.update(values.float())
@@ -273,3 +356,44 @@ class SamTrainingModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def _text_settings(text: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The ``text`` settings completed with :data:`TEXT_DEFAULTS`, as plain containers;
+    unknown keys, a missing CLIP and out-of-range values raise ValueError."""
+    if text is None:
+        return None
+    unknown = sorted(set(text) - set(TEXT_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"unknown training.text settings {unknown}; known: {sorted(TEXT_DEFAULTS)}"
+        )
+    settings = {**TEXT_DEFAULTS, **dict(text)}
+    if (settings["clip_path"] is None) == (settings["clip_tiny"] is None):
+        raise ValueError("training.text needs exactly one of clip_path and clip_tiny")
+    low, high = (float(v) for v in settings["expand_range"])
+    if not 1.0 <= low <= high:
+        raise ValueError(f"training.text.expand_range must be 1 <= low <= high, got {[low, high]}")
+    for key in ("probability", "zero_outside_probability"):
+        if not 0.0 <= float(settings[key]) <= 1.0:
+            raise ValueError(f"training.text.{key} must be in [0, 1], got {settings[key]}")
+    return {
+        "clip_path": None if settings["clip_path"] is None else str(settings["clip_path"]),
+        "clip_tiny": None if settings["clip_tiny"] is None else dict(settings["clip_tiny"]),
+        "clip_seed": int(settings["clip_seed"]),
+        "min_mask_area": int(settings["min_mask_area"]),
+        "probability": float(settings["probability"]),
+        "expand_range": [low, high],
+        "zero_outside_probability": float(settings["zero_outside_probability"]),
+    }
+
+
+def _build_clip(settings: Mapping[str, Any]) -> ClipEncoder:
+    """The frozen CLIP of the text settings: from ``clip_path`` or a random tiny one."""
+    from sam_lightning.modeling.text_encoder import ClipEncoder, tiny_clip_config
+
+    if settings["clip_path"] is not None:
+        return ClipEncoder.from_pretrained(settings["clip_path"])
+    return ClipEncoder.from_config(
+        tiny_clip_config(**settings["clip_tiny"]), seed=settings["clip_seed"]
+    )

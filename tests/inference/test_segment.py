@@ -85,7 +85,7 @@ def test_segment_image_function(scene, tmp_path):
         (["--point", "3,4,5"], "must be 0 or 1"),
         (["--point", "nan,4"], "invalid point"),
         (["--box", "1,2,3"], "invalid box (expected X0,Y0,X1,Y1) '1,2,3'"),
-        ([], "give at least one --point or --box"),
+        ([], "give at least one --point, --box or --text"),
         (["--point", "500,30"], "(500.0, 30.0) is outside the image of size W x H = 128 x 96"),
         (["--box", "50,10,40,20"], "must satisfy x0 <= x1"),
         (["--point", "1,1", "--checkpoint", "missing.pth"],
@@ -134,3 +134,48 @@ def test_a_checkpoint_trained_at_another_size_needs_image_size(scene, tmp_path, 
     assert exit_info.value.code == 2
     assert "image_encoder.pos_embed" in capsys.readouterr().err
     assert torch.load(path, weights_only=True)["image_encoder.pos_embed"].shape[1] == 8
+
+
+def test_text_prompts(scene, tmp_path, capsys):
+    """--text (App. D.5) with a CLIP directory and a checkpoint that has a text projection:
+    the texts are one batch and equal the predictor's own answers."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "modeling"))
+    from clip_test_models import save_tiny_clip
+
+    from sam_lightning.modeling.build import build_sam
+    from sam_lightning.modeling.checkpoint import save_checkpoint
+
+    clip_dir = save_tiny_clip(tmp_path / "clip")
+    torch.manual_seed(3)
+    model = build_sam("vit_tiny", image_size=64, text_embed_dim=16)
+    checkpoint = save_checkpoint(model, tmp_path / "text_model.pth")
+    common = ["--model-type", "vit_tiny", "--image-size", "64", "--checkpoint", str(checkpoint)]
+    out_dir = tmp_path / "out"
+    run_ok([str(scene), "--text", "a red disc", "--text", "the square", "--clip", str(clip_dir),
+            *common, "--output", str(out_dir)], capsys)
+    document = json.loads((out_dir / "masks.json").read_text())
+    assert document["texts"] == ["a red disc", "the square"]
+    assert [m["prompt"] for m in document["masks"]] == [0, 0, 0, 1, 1, 1]
+    predictor = segment.build_predictor("vit_tiny", checkpoint, "cpu", 64, clip_dir)
+    predictor.set_image(segment.load_image(scene))
+    masks, scores, _ = predictor.predict(text="the square")
+    for k in range(3):
+        saved = document["masks"][3 + k]
+        assert saved["score"] == pytest.approx(float(scores[k]), abs=1e-4)
+        rle = {"size": saved["segmentation"]["size"], "counts": saved["segmentation"]["counts"]}
+        decoded = mask_utils.decode(rle).astype(bool)
+        assert (decoded != masks[k]).mean() < 1e-2
+    # With a point: one mask per text; texts need --clip; not with boxes.
+    run_ok([str(scene), "--text", "a", "--text", "b", "--point", "30,30", "--clip",
+            str(clip_dir), *common, "--output", str(tmp_path / "pt")], capsys)
+    assert len(json.loads((tmp_path / "pt" / "masks.json").read_text())["masks"]) == 2
+    for extra, fragment in ((["--text", "a"], "--clip"),
+                            (["--text", "a", "--box", "1,1,9,9", "--clip", str(clip_dir)],
+                             "not with boxes"),
+                            (["--text", "a", "--clip", str(tmp_path)], "config.json")):
+        with pytest.raises(SystemExit) as exit_info:
+            segment.main([str(scene), *extra, *common, "--output", str(tmp_path / "bad")])
+        assert exit_info.value.code == 2
+        assert fragment in capsys.readouterr().err

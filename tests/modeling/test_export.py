@@ -252,3 +252,21 @@ def test_refuses_to_overwrite_the_checkpoint(trained, tmp_path):
     with pytest.raises(ValueError, match="refusing to overwrite"):
         export_checkpoint(ckpt, ckpt.parent / ".." / ckpt.parent.name / ckpt.name)
     assert ckpt.read_bytes() == before
+
+
+def test_a_text_model_keeps_or_drops_its_text_projection(trained, tmp_path):
+    """A checkpoint trained with text prompts exports with its projection (for build_sam with
+    text_embed_dim) or, with drop_text, as the plain official layout."""
+    ckpt, weights = trained
+    projection = {"weight": torch.randn(256, 16), "bias": torch.randn(256)}
+
+    def add_projection(checkpoint):
+        for name, value in projection.items():
+            checkpoint["state_dict"][f"model.prompt_encoder.text_projection.{name}"] = value
+
+    text_ckpt = resave(ckpt, tmp_path / "text.ckpt", add_projection)
+    out = export_checkpoint(text_ckpt, tmp_path / "text.pth")
+    model = build_sam("vit_tiny", image_size=SIZE, checkpoint=out, text_embed_dim=16)
+    torch.testing.assert_close(model.prompt_encoder.text_projection.weight, projection["weight"])
+    plain = export_checkpoint(text_ckpt, tmp_path / "plain.pth", drop_text=True)
+    assert_weights(torch.load(plain, weights_only=True), weights)

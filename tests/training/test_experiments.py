@@ -6,6 +6,7 @@ holding the metrics."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,9 @@ from sam_lightning.data.synthetic import SyntheticShapes, write_sa1b
 from sam_lightning.modeling.build import build_sam
 from sam_lightning.modeling.checkpoint import save_checkpoint
 from sam_lightning.train import build_strategy, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "modeling"))
+from clip_test_models import save_tiny_clip  # noqa: E402
 
 EXPERIMENTS = sorted(path.stem for path in (config_dir() / "exp").glob("*.yaml"))
 
@@ -87,6 +91,7 @@ def assets(tmp_path_factory) -> dict:
             parameter.add_(0.01)
     save_checkpoint(model, official, format="torch")
     paths = {"checkpoint": official, "state": model.state_dict()}
+    paths["clip"] = str(save_tiny_clip(root / "clip"))
     for split, seed in (("train", 0), ("val", 1)):
         coco_dir, sa1b_dir = root / f"coco_{split}", root / f"sa1b_{split}"
         coco_dir.mkdir()
@@ -97,8 +102,10 @@ def assets(tmp_path_factory) -> dict:
 
 
 def data_overrides(config: dict, assets: dict) -> list[str]:
-    """Paths for the experiment's dataset kind."""
+    """Paths for the experiment's dataset kind (and its CLIP)."""
     overrides = []
+    if (config["training"].get("text") or {}).get("clip_path") == "???":
+        overrides.append(f"training.text.clip_path={assets['clip']}")
     for split in ("train", "val"):
         kind = config["data"][split]["kind"]
         if kind in ("coco", "lvis"):
@@ -113,7 +120,7 @@ def test_every_experiment_is_a_delta_file():
     assert {"demo", "finetune_coco_vit_b", "finetune_sa1b_vit_h", "multinode"} <= set(
         EXPERIMENTS
     )
-    assert "finetune_frozen_encoder" in EXPERIMENTS
+    assert {"finetune_frozen_encoder", "text_demo", "text_sa1b_vit_h"} <= set(EXPERIMENTS)
     for name in EXPERIMENTS:
         text = (config_dir() / "exp" / f"{name}.yaml").read_text()
         assert text.startswith("# @package _global_"), name
@@ -128,6 +135,15 @@ def test_paper_recipe_numbers():
     trainer = config["trainer"]
     assert trainer["num_nodes"] * trainer["devices"] * config["data"]["batch_size"] == 256
     assert config["data"]["max_masks"] == 64 and config["data"]["lsj"] is False
+
+
+def test_text_recipe_numbers():
+    """App. D.5 on top of the ViT-H recipe."""
+    config = compose_experiment("text_sa1b_vit_h", "model.checkpoint=null")
+    text = config["training"]["text"]
+    assert text["min_mask_area"] == 100**2 and text["expand_range"] == [1.0, 2.0]
+    assert text["zero_outside_probability"] == 0.5 and text["probability"] == 1.0
+    assert config["model"]["type"] == "vit_h" and config["optim"]["milestones"] == [60000, 86666]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -182,3 +182,56 @@ def test_training_overfits_a_tiny_batch(setup, model):
     # (From random weights the decoder first learns the background; the IoU only rises
     # after ~50 steps, too slow for a unit test.)
     assert final < 0.6 * initial, losses
+
+
+def test_text_first_prompts(setup, monkeypatch):
+    """Masks flagged ``use_text`` start from their CLIP embedding alone (multimask), then
+    get corrective points after that token; the others keep their point or box."""
+    _, embeddings, gt, image_index = setup
+    torch.manual_seed(0)
+    model = build_sam("vit_tiny", image_size=SIZE, text_embed_dim=8)
+    text = torch.randn(3, 8)
+    use_text = torch.tensor([False, True, False])
+    one_round = simulate_interactive(
+        model,
+        embeddings,
+        gt,
+        image_index,
+        _gen(0),
+        schedule=[True],
+        text_embeddings=text,
+        use_text=use_text,
+    )
+    with torch.no_grad():
+        logits, iou = model.decode(
+            embeddings, text_embeddings=text[1:2], image_index=image_index[1:2]
+        )
+    torch.testing.assert_close(one_round["final_logits"][1, 0], logits[0, iou[0].argmax()])
+
+    calls = _spy(model, monkeypatch)
+    out = simulate_interactive(
+        model,
+        embeddings,
+        gt,
+        image_index,
+        _gen(0),
+        schedule=[True, True, False],
+        text_embeddings=text,
+        use_text=use_text,
+    )
+    assert first_prompts(gt, _gen(0)).use_box.tolist() == [True, False, True]
+    # Rows 0 and 2 are box-first, row 1 text-first: two calls per round.
+    assert len(calls) == 2 * 3
+    text_calls = [call for call in calls if call.get("text_embeddings") is not None]
+    assert len(text_calls) == 3
+    for r, call in enumerate(text_calls):
+        assert torch.equal(call["text_embeddings"], text[1:2]) and call["boxes"] is None
+        assert call["image_index"].tolist() == [1]
+        if r == 0:
+            assert call["point_coords"] is None and call["multimask_output"] is True
+        else:
+            assert call["point_coords"].shape == (1, 1, 2) and call["multimask_output"] is False
+    out["loss"].backward()
+    assert model.prompt_encoder.text_projection.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="use_text"):
+        simulate_interactive(model, embeddings, gt, image_index, _gen(0), use_text=use_text)
