@@ -379,32 +379,15 @@ def run_from_config(cfg: DictConfig) -> int:
     return 0 if summary.completed and not summary.failed else 1
 
 
-def _missing_paths(overrides: list[str]) -> list[str]:
-    """Which of ``input`` and ``output`` the command line leaves unset (checked before Hydra
-    starts, whose run directory lives in ``output``); [] if the overrides do not compose
-    (Hydra then reports the problem itself)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from sam_lightning._config import config_dir
-
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose("amg", overrides=overrides)
-    except Exception:  # any problem is for Hydra to report
-        return []
-    return [key for key in ("input", "output") if OmegaConf.is_missing(cfg, key)]
-
-
 def main() -> int:
     """``python -m sam_lightning.amg key=value ...`` (Hydra overrides of ``conf/amg.yaml``)."""
     import hydra
 
-    from sam_lightning._config import config_dir
+    from sam_lightning._config import config_dir, unset_before_start
 
     overrides = sys.argv[1:]
     if not any(arg.startswith("-") for arg in overrides):  # not --help, --cfg, -m ...
-        missing = _missing_paths(overrides)
+        missing = unset_before_start("amg", ("input", "output"), overrides)
         if missing:
             print(
                 f"error: set {' and '.join(f'{key}=...' for key in missing)}, e.g.\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -137,21 +138,31 @@ def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
     return metrics
 
 
-def main() -> None:
-    """``python -m sam_lightning.train +exp=<name> [key=value ...]``."""
+def main() -> int:
+    """``python -m sam_lightning.train +exp=<name> [key=value ...]``; the exit status is 2
+    when a required setting (``???`` or an experiment's ``${sam_required:...}``, e.g.
+    ``model.checkpoint`` or ``data.train.roots``) is not given."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
-    from sam_lightning._config import config_dir
+    from sam_lightning._config import config_dir, register_resolvers, unset_settings
+
+    register_resolvers()
+    status = 0
 
     @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
     def _main(cfg: DictConfig) -> None:
-        config = OmegaConf.to_container(cfg, resolve=True)
-        train(config, HydraConfig.get().runtime.output_dir)
+        nonlocal status
+        if unset := unset_settings(cfg):
+            log.error("set %s on the command line", ", ".join(f"{key}=..." for key in unset))
+            status = 2
+            return
+        train(OmegaConf.to_container(cfg, resolve=True), HydraConfig.get().runtime.output_dir)
 
     _main()
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,6 +6,7 @@ holding the metrics."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from sam_lightning._config import config_dir
+from sam_lightning._config import config_dir, unset_settings
 from sam_lightning.data.synthetic import SyntheticShapes, write_sa1b
 from sam_lightning.modeling.build import build_sam
 from sam_lightning.modeling.checkpoint import save_checkpoint
@@ -201,3 +202,30 @@ def test_wandb_offline_writes_a_run_with_the_metrics(assets, tmp_path, monkeypat
     with Image.open(panels[0]) as image:
         assert image.size[0] > image.size[1]  # two panels side by side
     assert json.loads((tmp_path / "metrics.json").read_text())["step"] == 2
+
+
+@pytest.mark.parametrize("name", ["finetune_coco_vit_b", "finetune_frozen_encoder",
+                                  "finetune_sa1b_vit_h", "text_sa1b_vit_h"])
+def test_fine_tuning_experiments_require_a_checkpoint(name):
+    """`???` cannot override the model group's `checkpoint: null`; the experiments use
+    `${sam_required:...}` so that a forgotten model.checkpoint is an error, not random
+    weights."""
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"+exp={name}"])
+    assert "model.checkpoint" in unset_settings(cfg)
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        given = compose("train", overrides=[f"+exp={name}", "model.checkpoint=null"])
+    assert "model.checkpoint" not in unset_settings(given)
+
+
+def test_the_command_names_every_unset_setting(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "sam_lightning.train", "+exp=finetune_coco_vit_b",
+         f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    output = result.stdout + result.stderr  # Hydra's job logging prints to stdout
+    assert result.returncode == 2, output[-2000:]
+    for key in ("model.checkpoint", "data.train.annotations", "data.val.images"):
+        assert f"{key}=..." in output
+    assert not (tmp_path / "checkpoints").exists()  # nothing ran
