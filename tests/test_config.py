@@ -13,7 +13,14 @@ import sam_lightning
 from sam_lightning._config import config_dir, find_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = ["amg.yaml", "amg/default.yaml", "amg/sa1b.yaml"]
+CONFIGS = [
+    "amg.yaml",
+    "amg/default.yaml",
+    "amg/sa1b.yaml",
+    "train.yaml",
+    "evaluate.yaml",
+    "annotate.yaml",
+]
 
 
 def test_checkout_configs():

@@ -1,0 +1,177 @@
+"""``python -m sam_lightning.annotate``: the annotation tool from the command line.
+
+Usage::
+
+    python -m sam_lightning.annotate images=<dir> output=<dir> model.type=vit_b \\
+        model.checkpoint=<path|null> [mode=manual|semi] [server.port=8765] \\
+        [server.host=127.0.0.1] [server.token=...] [annotator=<name>]
+    python -m sam_lightning.annotate ... precompute=true   # embed the folder, then exit
+
+Settings are the Hydra config ``conf/annotate.yaml``. Exit status: 0, 1 (precompute could
+not read some images), 2 (bad arguments, unsafe bind, port taken). Library use:
+:func:`build_tool` and :func:`run_annotate` take plain arguments; Hydra lives in :func:`main`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sam_lightning.amg import OFFICIAL_CHECKPOINTS, resolve_device
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from sam_lightning.annotate.tool import AnnotationTool
+
+log = logging.getLogger("sam_lightning.annotate")
+
+
+def build_tool(
+    images: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    model_type: str = "vit_b",
+    checkpoint: str | os.PathLike[str] | None = None,
+    image_size: int = 1024,
+    device: str = "auto",
+    mode: str = "manual",
+    annotator: str = "annotator",
+    session: str | None = None,
+    memory_cache: int = 8,
+    disk_cache: bool = True,
+    semi_source: str = "generator",
+    semi_options: dict[str, Any] | None = None,
+) -> AnnotationTool:
+    """Builds the model (random weights, seeded, without ``checkpoint``), the confident-mask
+    source for ``mode="semi"`` (see :mod:`sam_lightning.annotate.semi`) and the tool."""
+    import torch
+
+    from sam_lightning.annotate.semi import build_mask_source
+    from sam_lightning.annotate.tool import MODES, AnnotationTool
+    from sam_lightning.modeling.build import build_sam
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not Path(images).is_dir():
+        raise FileNotFoundError(f"images: not a directory: {images}")
+    device = resolve_device(device)
+    if checkpoint is None:
+        log.warning(
+            "no model.checkpoint given: %s has random weights and the masks are meaningless; "
+            "download %s and pass model.checkpoint=PATH",
+            model_type,
+            OFFICIAL_CHECKPOINTS,
+        )
+        torch.manual_seed(0)
+    model = build_sam(model_type, checkpoint=checkpoint, image_size=image_size).to(device).eval()
+    source = None
+    if mode == "semi":
+        source = build_mask_source(model, semi_source, dict(semi_options or {}))
+    return AnnotationTool(
+        images,
+        output,
+        model,
+        mode=mode,
+        annotator=annotator,
+        session=session,
+        memory_cache=memory_cache,
+        disk_cache=disk_cache,
+        mask_source=source,
+    )
+
+
+def run_annotate(
+    images: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    precompute: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> int:
+    """Serves the tool (until Ctrl+C) or, with ``precompute``, embeds every image and
+    returns. ``options`` go to :func:`build_tool`. Returns the exit status."""
+    from sam_lightning.annotate.server import check_bind, serve
+
+    if not precompute:
+        check_bind(host, token)  # before building a large model
+    elif not options.get("disk_cache", True):
+        raise ValueError("precompute=true fills the disk cache: it needs cache.disk=true")
+    tool = build_tool(images, output, **options)
+    if precompute:
+        counts = tool.precompute(progress)
+        log.info(
+            "precompute: %d images, %d embedded, %d already cached, %d pre-filled masks, "
+            "%d failed; cache in %s",
+            counts["images"],
+            counts["computed"],
+            counts["cached"],
+            counts["prefilled"],
+            counts["failed"],
+            tool.engine.cache_dir,
+        )
+        return 1 if counts["failed"] else 0
+    serve(tool, host, port, token)
+    return 0
+
+
+def run_from_config(cfg: DictConfig) -> int:
+    """Runs the composed ``conf/annotate.yaml``; returns the exit status."""
+    from omegaconf import OmegaConf
+
+    try:
+        return run_annotate(
+            cfg.images,
+            cfg.output,
+            host=cfg.server.host,
+            port=cfg.server.port,
+            token=None if cfg.server.token is None else str(cfg.server.token),
+            precompute=cfg.precompute,
+            progress=cfg.progress,
+            model_type=cfg.model.type,
+            checkpoint=cfg.model.checkpoint,
+            image_size=cfg.model.image_size,
+            device=cfg.device,
+            mode=cfg.mode,
+            annotator=str(cfg.annotator),
+            session=None if cfg.session is None else str(cfg.session),
+            memory_cache=cfg.cache.memory,
+            disk_cache=cfg.cache.disk,
+            semi_source=str(cfg.semi.source),
+            semi_options=OmegaConf.to_container(cfg.semi.generator, resolve=True),
+        )
+    except (FileNotFoundError, ValueError, OSError) as error:
+        log.error("%s", error)
+        return 2
+
+
+def main() -> int:
+    """``python -m sam_lightning.annotate key=value ...`` (overrides of ``conf/annotate.yaml``)."""
+    import hydra
+
+    from sam_lightning._config import config_dir, unset_before_start
+
+    overrides = sys.argv[1:]
+    if not any(arg.startswith("-") for arg in overrides):  # not --help, --cfg, -m ...
+        missing = unset_before_start("annotate", ("images", "output"), overrides)
+        if missing:
+            print(
+                f"error: set {' and '.join(f'{key}=...' for key in missing)}, e.g.\n"
+                "  python -m sam_lightning.annotate images=<dir> output=<dir> "
+                "model.type=vit_b model.checkpoint=<sam_vit_b_01ec64.pth> [mode=semi]",
+                file=sys.stderr,
+            )
+            return 2
+    status = 0
+
+    @hydra.main(config_path=str(config_dir()), config_name="annotate", version_base="1.3")
+    def _main(cfg: DictConfig) -> None:
+        nonlocal status
+        status = run_from_config(cfg)
+
+    _main()
+    return status
