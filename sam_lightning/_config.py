@@ -15,7 +15,8 @@ entry points call :func:`register_resolvers`, and resolving it raises
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,30 @@ def unset_before_start(config_name: str, keys: Sequence[str], overrides: list[st
     except Exception:  # any problem is for Hydra to report
         return []
     return [key for key in keys if OmegaConf.is_missing(cfg, key)]
+
+
+def run_entry_point(
+    config_name: str, required: Sequence[str], example: str, run: Callable[[Any], int]
+) -> int:
+    """The ``main`` of a Hydra entry point whose ``required`` settings must be given before
+    Hydra starts (its run directory lives under one of them): without them it prints which,
+    with ``example`` (a command line), and returns 2; otherwise it returns ``run(cfg)``'s
+    status, ``cfg`` being the composed ``config_name`` of the command line."""
+    import hydra
+
+    overrides = sys.argv[1:]
+    if not any(arg.startswith("-") for arg in overrides):  # not --help, --cfg, -m ...
+        missing = unset_before_start(config_name, required, overrides)
+        if missing:
+            keys = " and ".join(f"{key}=..." for key in missing)
+            print(f"error: set {keys}, e.g.\n  {example}", file=sys.stderr)
+            return 2
+    status = 0
+
+    @hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")
+    def _main(cfg: Any) -> None:
+        nonlocal status
+        status = run(cfg)
+
+    _main()
+    return status

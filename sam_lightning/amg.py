@@ -381,30 +381,13 @@ def run_from_config(cfg: DictConfig) -> int:
 
 def main() -> int:
     """``python -m sam_lightning.amg key=value ...`` (Hydra overrides of ``conf/amg.yaml``)."""
-    import hydra
+    from sam_lightning._config import run_entry_point
 
-    from sam_lightning._config import config_dir, unset_before_start
-
-    overrides = sys.argv[1:]
-    if not any(arg.startswith("-") for arg in overrides):  # not --help, --cfg, -m ...
-        missing = unset_before_start("amg", ("input", "output"), overrides)
-        if missing:
-            print(
-                f"error: set {' and '.join(f'{key}=...' for key in missing)}, e.g.\n"
-                "  python -m sam_lightning.amg input=<image dir|list file|image> "
-                "output=<dir> model.checkpoint=<sam_vit_h_4b8939.pth> [amg=sa1b]",
-                file=sys.stderr,
-            )
-            return 2
-    status = 0
-
-    @hydra.main(config_path=str(config_dir()), config_name="amg", version_base="1.3")
-    def _main(cfg: DictConfig) -> None:
-        nonlocal status
-        status = run_from_config(cfg)
-
-    _main()
-    return status
+    example = (
+        "python -m sam_lightning.amg input=<image dir|list file|image> "
+        "output=<dir> model.checkpoint=<sam_vit_h_4b8939.pth> [amg=sa1b]"
+    )
+    return run_entry_point("amg", ("input", "output"), example, run_from_config)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,27 +150,10 @@ def run_from_config(cfg: DictConfig) -> int:
 
 def main() -> int:
     """``python -m sam_lightning.annotate key=value ...`` (overrides of ``conf/annotate.yaml``)."""
-    import hydra
+    from sam_lightning._config import run_entry_point
 
-    from sam_lightning._config import config_dir, unset_before_start
-
-    overrides = sys.argv[1:]
-    if not any(arg.startswith("-") for arg in overrides):  # not --help, --cfg, -m ...
-        missing = unset_before_start("annotate", ("images", "output"), overrides)
-        if missing:
-            print(
-                f"error: set {' and '.join(f'{key}=...' for key in missing)}, e.g.\n"
-                "  python -m sam_lightning.annotate images=<dir> output=<dir> "
-                "model.type=vit_b model.checkpoint=<sam_vit_b_01ec64.pth> [mode=semi]",
-                file=sys.stderr,
-            )
-            return 2
-    status = 0
-
-    @hydra.main(config_path=str(config_dir()), config_name="annotate", version_base="1.3")
-    def _main(cfg: DictConfig) -> None:
-        nonlocal status
-        status = run_from_config(cfg)
-
-    _main()
-    return status
+    example = (
+        "python -m sam_lightning.annotate images=<dir> output=<dir> "
+        "model.type=vit_b model.checkpoint=<sam_vit_b_01ec64.pth> [mode=semi]"
+    )
+    return run_entry_point("annotate", ("images", "output"), example, run_from_config)

@@ -185,6 +185,11 @@ class CocoDataset:
         and ValueError for an unreadable one, so that
         :class:`~sam_lightning.data.train_transforms.SkipBadSamples` skips just that image.
         ImportError: a polygon or uncompressed RLE is read without pycocotools.
+
+    Attributes:
+        categories: the file's ``categories`` as it is (unchecked; None when absent).
+        not_exhaustive_category_ids: image id -> that image's ``not_exhaustive_category_ids``
+            as in the file (unchecked), for the images that have it (LVIS).
     """
 
     #: The format's name in error messages.
@@ -208,6 +213,8 @@ class CocoDataset:
         if not self.images.is_dir():
             raise FileNotFoundError(f"{self.kind} image directory not found: {self.images}")
         document = self._load()
+        self.categories: Any = document.get("categories")
+        self.not_exhaustive_category_ids: dict[int, Any] = {}
         file = str(self.annotations)
         self._check_categories(document, file)
 
@@ -234,6 +241,8 @@ class CocoDataset:
                     f"{info['id']} repeats the id of images[{rows[info['id']]}]",
                 )
             rows[info["id"]] = k
+            if "not_exhaustive_category_ids" in info:
+                self.not_exhaustive_category_ids[info["id"]] = info["not_exhaustive_category_ids"]
             image_ids.append(info["id"])
             heights.append(info["height"])
             widths.append(info["width"])

@@ -42,7 +42,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +53,7 @@ from torch import Tensor
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from sam_lightning.data.sa1b import SA1BFormatError, _bad, _is_int, read_json_object
+from sam_lightning.data.sa1b import SA1BFormatError, _bad, _is_int
 from sam_lightning.evaluation.points import size_groups
 from sam_lightning.evaluation.settings import task_settings
 
@@ -118,15 +117,15 @@ def check_template(template: Any) -> str:
 
 
 def read_categories(
-    path: str | os.PathLike[str], lvis: bool = False
+    dataset: CocoDataset, lvis: bool = False
 ) -> tuple[dict[int, str], dict[int, set[int]]]:
     """``(category id -> query name, image id -> not-exhaustive category ids)`` of a COCO or
-    LVIS instances file. LVIS names read ``_`` as a space (``traffic_light``: "traffic
-    light"). Raises SA1BFormatError for missing or malformed ``categories`` (an int ``id``
-    and a non-empty str ``name`` each) or ``not_exhaustive_category_ids`` (a list of ints)."""
-    file = str(path)
-    document = read_json_object(path)
-    categories = document.get("categories")
+    LVIS dataset, from what it read of its instances file. LVIS names read ``_`` as a space
+    (``traffic_light``: "traffic light"). Raises SA1BFormatError for missing or malformed
+    ``categories`` (an int ``id`` and a non-empty str ``name`` each) or
+    ``not_exhaustive_category_ids`` (a list of ints)."""
+    file = str(dataset.annotations)
+    categories = dataset.categories
     if not isinstance(categories, list):
         problem = "missing" if categories is None else _bad(categories, "a list")
         raise SA1BFormatError(file, "categories", f"{problem}; text queries need the names")
@@ -139,14 +138,11 @@ def read_categories(
             raise SA1BFormatError(file, f"categories[{k}].name", _bad(name, "a name"))
         names[category["id"]] = name.replace("_", " ") if lvis else name
     not_exhaustive = {}
-    for k, info in enumerate(document.get("images") or []):
-        ids = info.get("not_exhaustive_category_ids") if isinstance(info, dict) else None
-        if ids is None:
-            continue
+    for image_id, ids in dataset.not_exhaustive_category_ids.items():
         if not (isinstance(ids, list) and all(_is_int(c) for c in ids)):
-            where = f"images[{k}].not_exhaustive_category_ids"
+            where = f"image id {image_id}.not_exhaustive_category_ids"
             raise SA1BFormatError(file, where, _bad(ids, "a list of category ids"))
-        not_exhaustive[info.get("id")] = set(ids)
+        not_exhaustive[image_id] = set(ids)
     return names, not_exhaustive
 
 
@@ -430,10 +426,10 @@ def open_coco_queries(settings: Mapping[str, Any], data_cfg: Mapping[str, Any]) 
     if kind not in kinds:
         raise ValueError(f"data.format must be one of {sorted(kinds)}, got {kind!r}")
     template = check_template(settings["prompt_template"])
-    names, not_exhaustive = read_categories(data_cfg["annotations"], lvis=kind == "lvis")
     dataset = kinds[kind](
         data_cfg["annotations"], data_cfg["images"], skip_crowd=not settings["include_crowd"]
     )
+    names, not_exhaustive = read_categories(dataset, lvis=kind == "lvis")
     return CocoTextQueries(
         dataset, names, template, not_exhaustive if settings["skip_not_exhaustive"] else None
     )
