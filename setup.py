@@ -5,7 +5,7 @@ torch and a CUDA toolkit are present, or when ``FORCE_CUDA=1``. Build without is
 pip uses the torch already installed: ``pip install --no-build-isolation -e .``.
 
 Wheels also ship the Hydra configs of ``conf/`` as ``sam_lightning/conf/`` (see
-``sam_lightning/_config.py``); editable installs read ``conf/`` in place.
+``sam_lightning/entry_points.py``); editable installs read ``conf/`` in place.
 """
 
 import os

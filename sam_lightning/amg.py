@@ -44,16 +44,18 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sam_lightning.data.sa1b import (
-    IMAGE_EXTENSIONS,
     SUMMARY_NAME,
-    UnreadableImageError,
-    is_temp_file,
     make_sa1b_document,
-    read_image,
     read_sa1b_json,
     sa1b_image_id,
-    write_atomic,
     write_sa1b_json,
+)
+from sam_lightning.file_io import (
+    IMAGE_EXTENSIONS,
+    UnreadableImageError,
+    read_image,
+    remove_temp_files,
+    write_atomic,
 )
 
 if TYPE_CHECKING:
@@ -62,9 +64,6 @@ if TYPE_CHECKING:
     from sam_lightning.inference.automatic import SamAutomaticMaskGenerator
 
 log = logging.getLogger("sam_lightning.amg")  # not "__main__" under python -m
-
-OFFICIAL_CHECKPOINTS = "sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth or sam_vit_h_4b8939.pth"
-
 
 class MaskGenerator(Protocol):
     """What :func:`generate_folder` needs: ``generate(image HxWx3 uint8) -> records`` with
@@ -177,17 +176,6 @@ def _check_unique(jobs: list[ImageJob], key: Any, what: str) -> None:
         raise ValueError(f"these images would share an {what}; rename them: {shown}")
 
 
-def remove_temp_files(output: Path, recursive: bool = False) -> int:
-    """Removes temporary files of interrupted atomic writes in ``output``; returns how many."""
-    candidates = output.rglob(".*.tmp") if recursive else output.glob(".*.tmp")
-    removed = 0
-    for path in candidates:
-        if path.is_file() and is_temp_file(path):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
 def _is_done(target: Path) -> bool:
     """Whether ``target`` exists and parses as an SA-1B file (a broken one is redone)."""
     if not target.is_file():
@@ -284,19 +272,6 @@ def _log_summary(summary: AmgSummary) -> None:
         )
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; other names are checked."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"invalid device {device!r}: {error}") from None
-    return device
-
-
 def build_generator(
     model_type: str = "vit_h",
     checkpoint: str | os.PathLike[str] | None = None,
@@ -309,10 +284,9 @@ def build_generator(
     ``output_mode="coco_rle"`` and the given ``SamAutomaticMaskGenerator`` ``options``
     (``point_grids`` may be nested lists)."""
     import numpy as np
-    import torch
 
+    from sam_lightning.entry_points import build_model
     from sam_lightning.inference.automatic import SamAutomaticMaskGenerator
-    from sam_lightning.modeling.build import build_sam
 
     accepted = set(inspect.signature(SamAutomaticMaskGenerator).parameters) - {"model"}
     unknown = sorted(set(options) - (accepted - {"output_mode"}))
@@ -323,17 +297,7 @@ def build_generator(
         )
     if options.get("point_grids") is not None:
         options["point_grids"] = [np.asarray(g, dtype=np.float64) for g in options["point_grids"]]
-    device = resolve_device(device)
-    if checkpoint is None:
-        log.warning(
-            "no model.checkpoint given: %s has random weights and the masks are meaningless; "
-            "download %s and pass model.checkpoint=PATH",
-            model_type,
-            OFFICIAL_CHECKPOINTS,
-        )
-        torch.manual_seed(0)
-    model = build_sam(model_type, checkpoint=checkpoint, image_size=image_size)
-    model = model.to(device).eval()
+    model = build_model(model_type, checkpoint, image_size, device)
     return SamAutomaticMaskGenerator(model, output_mode="coco_rle", **options)
 
 
@@ -381,13 +345,16 @@ def run_from_config(cfg: DictConfig) -> int:
 
 def main() -> int:
     """``python -m sam_lightning.amg key=value ...`` (Hydra overrides of ``conf/amg.yaml``)."""
-    from sam_lightning._config import run_entry_point
+    from sam_lightning.entry_points import hydra_main
+    from sam_lightning.settings import amg
 
     example = (
         "python -m sam_lightning.amg input=<image dir|list file|image> "
         "output=<dir> model.checkpoint=<sam_vit_h_4b8939.pth> [amg=sa1b]"
     )
-    return run_entry_point("amg", ("input", "output"), example, run_from_config)
+    return hydra_main(
+        "amg", run_from_config, amg.AmgSettings, amg.check, ("input", "output"), example
+    )
 
 
 if __name__ == "__main__":

@@ -3,12 +3,10 @@
 
 Configs are ``conf/evaluate.yaml`` and ``conf/eval/<task>.yaml`` (the task's settings and
 data). :func:`evaluate` looks the task up in :data:`TASKS`, a registry of harness modules
-imported only when used, and calls its adapter::
-
-    run_from_config(get_model, eval_cfg, data_cfg, output_dir, device, progress) -> metrics
-
-``get_model`` builds the model on first call (so a harness can check its data first) and
-returns the same model afterwards. The harness writes its raw predictions under the run
+imported only when used, and calls its adapter ``run_from_config(job) -> metrics`` with an
+:class:`~sam_lightning.evaluation.settings.EvalJob` (the ``eval`` and ``data`` blocks, the
+run directory, the device and ``get_model``, which builds the model on first call, so a
+harness can check its data first). The harness writes its raw predictions under the run
 directory (``predictions.json``, ``edges/``); this module writes ``metrics.json`` and logs the
 metrics and the resolved config to W&B (``logger.kind: wandb``, offline unless ``logger.mode``
 or ``WANDB_MODE`` says otherwise). In a Hydra multirun every job is one W&B run, and all jobs
@@ -76,28 +74,16 @@ def model_factory(model_cfg: Mapping[str, Any], device: str, seed: int = 0) -> C
 
     @functools.cache
     def get_model() -> Sam:
-        import torch
+        from sam_lightning.entry_points import build_model
 
-        from sam_lightning.amg import OFFICIAL_CHECKPOINTS
-        from sam_lightning.modeling.build import build_sam
-
-        checkpoint = model_cfg.get("checkpoint")
-        if checkpoint is None:
-            log.warning(
-                "no model.checkpoint given: %s has random weights and its metrics are "
-                "meaningless; download %s and pass model.checkpoint=PATH",
-                model_cfg["type"],
-                OFFICIAL_CHECKPOINTS,
-            )
-        torch.manual_seed(seed)
-        text_embed_dim = model_cfg.get("text_embed_dim")
-        model = build_sam(
+        return build_model(
             model_cfg["type"],
-            checkpoint=checkpoint,
-            image_size=int(model_cfg["image_size"]),
-            text_embed_dim=None if text_embed_dim is None else int(text_embed_dim),
+            model_cfg.get("checkpoint"),
+            model_cfg["image_size"],
+            device,
+            text_embed_dim=model_cfg.get("text_embed_dim"),
+            seed=seed,
         )
-        return model.to(device).eval()
 
     return get_model
 
@@ -139,8 +125,9 @@ def evaluate(config: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> dict
     """
     import torch
 
-    from sam_lightning.amg import resolve_device
-    from sam_lightning.data.sa1b import write_atomic
+    from sam_lightning.entry_points import resolve_device
+    from sam_lightning.evaluation.settings import EvalJob
+    from sam_lightning.file_io import write_atomic
 
     eval_cfg = config.get("eval")
     if not isinstance(eval_cfg, Mapping) or "task" not in eval_cfg:
@@ -156,7 +143,7 @@ def evaluate(config: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> dict
     run = start_wandb(config.get("logger", {"kind": "none"}), run_dir, config)
     failed = True
     try:
-        metrics = adapter(
+        job = EvalJob(
             get_model,
             eval_cfg,
             config.get("data", {}),
@@ -164,6 +151,7 @@ def evaluate(config: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> dict
             device,
             progress=bool(config.get("progress", True)),
         )
+        metrics = adapter(job)
         metrics = {name: float(value) for name, value in metrics.items()}
         write_atomic(run_dir / METRICS_FILE, metrics_json(metrics))
         if run is not None:
@@ -201,10 +189,10 @@ def _job_logger(config: dict[str, Any]) -> None:
 def main() -> int:
     """``python -m sam_lightning.evaluate +eval=<task> [key=value ...]``; the exit status is 2
     without a known task or with a required value (``???``, e.g. ``data.images``) unset."""
-    import hydra
     from omegaconf import DictConfig, OmegaConf
 
-    from sam_lightning._config import config_dir
+    from sam_lightning.entry_points import hydra_main
+    from sam_lightning.settings import evaluate as settings
 
     if _lacks_task(sys.argv[1:]):
         print(
@@ -214,28 +202,20 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    status = 0
 
-    @hydra.main(config_path=str(config_dir()), config_name="evaluate", version_base="1.3")
-    def _main(cfg: DictConfig) -> None:
+    def run(cfg: DictConfig) -> int:
         from hydra.core.hydra_config import HydraConfig
 
-        nonlocal status
-        if missing := sorted(OmegaConf.missing_keys(cfg)):
-            log.error("set %s on the command line", ", ".join(f"{key}=..." for key in missing))
-            status = 2
-            return
         config = OmegaConf.to_container(cfg, resolve=True)
         _job_logger(config)
         try:
             evaluate(config, HydraConfig.get().runtime.output_dir)
         except UnknownTaskError as error:  # raised before anything runs
             log.error("%s", error)
-            status = 2
+            return 2
+        return 0
 
-    _main()
-    return status
-
+    return hydra_main("evaluate", run, settings.EvaluateSettings, settings.check)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,9 +19,8 @@ import argparse
 import colorsys
 import io
 import json
-import os
+import logging
 import re
-import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,29 +28,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw
 
+from sam_lightning.entry_points import OFFICIAL_CHECKPOINTS
+from sam_lightning.file_io import read_image, write_atomic
 from sam_lightning.inference.predictor import SamPredictor
+from sam_lightning.modeling.build import sam_model_registry
 
 Point = tuple[float, float, int]
 Box = tuple[float, float, float, float]
-MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "vit_tiny", "vit_nano")
-OFFICIAL_CHECKPOINTS = "sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth or sam_vit_h_4b8939.pth"
+MODEL_TYPES = tuple(sorted(sam_model_registry))
 _MASK_FILE = re.compile(r"mask_\d+\.png")
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """Reads an image file as an RGB uint8 HxWx3 array (EXIF orientation applied).
-
-    Raises FileNotFoundError if ``path`` does not exist, ValueError if it is not an image."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return np.array(ImageOps.exif_transpose(image).convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
 
 
 def predict_masks(
@@ -163,19 +150,6 @@ def render_overlay(
     return overlay
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary file next to ``path`` and renames it into place."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -193,9 +167,9 @@ def write_outputs(
             stale.unlink()
     for record, mask in zip(document["masks"], masks):
         png = _png_bytes(Image.fromarray(mask.astype(np.uint8) * 255))
-        _write_atomic(output_dir / record["file"], png)
-    _write_atomic(output_dir / "overlay.png", _png_bytes(overlay))
-    _write_atomic(output_dir / "masks.json", json.dumps(document, indent=2).encode())
+        write_atomic(output_dir / record["file"], png)
+    write_atomic(output_dir / "overlay.png", _png_bytes(overlay))
+    write_atomic(output_dir / "masks.json", json.dumps(document, indent=2).encode())
 
 
 def build_predictor(
@@ -208,7 +182,7 @@ def build_predictor(
     """Builds the model (random weights, seeded, when ``checkpoint`` is None) for
     ``image_size`` inputs (the official checkpoints: 1024) and a predictor; with ``clip`` (a
     CLIP directory, :meth:`ClipEncoder.from_pretrained`) the model takes text prompts."""
-    from sam_lightning.modeling.build import build_sam
+    from sam_lightning.entry_points import build_model
 
     text_encoder = None
     if clip is not None:
@@ -216,20 +190,15 @@ def build_predictor(
 
         text_encoder = ClipEncoder.from_pretrained(clip).to(device)
 
-    if checkpoint is None:
-        print(
-            f"note: no --checkpoint given, {model_type} has random weights and the masks are "
-            f"meaningless; download {OFFICIAL_CHECKPOINTS} and pass --checkpoint PATH",
-            file=sys.stderr,
-        )
-        torch.manual_seed(0)
-    model = build_sam(
+    model = build_model(
         model_type,
-        checkpoint=None if checkpoint is None else str(checkpoint),
-        image_size=image_size,
+        checkpoint,
+        image_size,
+        device,
         text_embed_dim=None if text_encoder is None else text_encoder.embed_dim,
+        checkpoint_flag="--checkpoint PATH",
     )
-    return SamPredictor(model.to(device).eval(), text_encoder=text_encoder)
+    return SamPredictor(model, text_encoder=text_encoder)
 
 
 def segment_image(
@@ -257,7 +226,7 @@ def segment_image(
         raise ValueError("give at least one point, box or text prompt")
     if texts and clip is None:
         raise ValueError("text prompts need the CLIP directory (--clip)")
-    image = load_image(image_path)
+    image = read_image(image_path)
     if multimask_output is None:
         multimask_output = (len(points) == 1 and not boxes and not texts) or (
             bool(texts) and not points
@@ -346,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (argparse exits with 2 on bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s: %(message)s")  # e.g. the random-weights warning
     if not args.point and not args.box and not args.text:
         parser.error("give at least one --point, --box or --text")
     if args.checkpoint is not None and not args.checkpoint.is_file():

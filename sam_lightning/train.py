@@ -81,7 +81,7 @@ def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from sam_lightning.data.datamodule import SamDataModule
-    from sam_lightning.data.sa1b import write_atomic
+    from sam_lightning.file_io import write_atomic
     from sam_lightning.training.checkpointing import AtomicCheckpointIO, SaveLast
     from sam_lightning.training.module import SamTrainingModule
 
@@ -93,11 +93,8 @@ def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
     )
     module = SamTrainingModule(
         model_type=model["type"],
-        checkpoint=model.get("checkpoint"),
+        checkpoint=model["checkpoint"],
         image_size=int(model["image_size"]),
-        frozen=list(model.get("frozen", [])),
-        drop_path_rate=float(model.get("drop_path_rate", 0.0)),
-        activation_checkpointing=bool(model.get("activation_checkpointing", False)),
         seed=int(config["seed"]),
         **optim,
         **training,
@@ -140,28 +137,20 @@ def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
 
 def main() -> int:
     """``python -m sam_lightning.train +exp=<name> [key=value ...]``; the exit status is 2
-    when a required setting (``???`` or an experiment's ``${sam_required:...}``, e.g.
-    ``model.checkpoint`` or ``data.train.roots``) is not given."""
-    import hydra
+    when a setting is unknown or has a wrong value, or a required setting (``???`` or an
+    experiment's ``${sam_required:...}``, e.g. ``model.checkpoint`` or ``data.train.roots``)
+    is not given."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
-    from sam_lightning._config import config_dir, register_resolvers, unset_settings
+    from sam_lightning.entry_points import hydra_main
+    from sam_lightning.settings import train as settings
 
-    register_resolvers()
-    status = 0
-
-    @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
-    def _main(cfg: DictConfig) -> None:
-        nonlocal status
-        if unset := unset_settings(cfg):
-            log.error("set %s on the command line", ", ".join(f"{key}=..." for key in unset))
-            status = 2
-            return
+    def run(cfg: DictConfig) -> int:
         train(OmegaConf.to_container(cfg, resolve=True), HydraConfig.get().runtime.output_dir)
+        return 0
 
-    _main()
-    return status
+    return hydra_main("train", run, settings.TrainSettings, settings.check)
 
 
 if __name__ == "__main__":

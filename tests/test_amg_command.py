@@ -19,8 +19,8 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from sam_lightning import amg
-from sam_lightning._config import config_dir
 from sam_lightning.data import SA1BDataset, decode_masks, make_sa1b_document, sa1b_image_id
+from sam_lightning.entry_points import config_dir
 from sam_lightning.inference.automatic import SamAutomaticMaskGenerator
 from sam_lightning.modeling.build import build_sam
 
@@ -182,7 +182,10 @@ def test_list_file_input(photos, tmp_path, generator):
     assert outputs(out) == ["_summary.json", "a.json", "b.json", "far.json"]
     assert summary.images == 4 and summary.written == 3
     assert summary.failed == [
-        {"image": str(photos / "missing.png"), "error": "No such file or directory"}
+        {
+            "image": str(photos / "missing.png"),
+            "error": f"image file not found: {photos / 'missing.png'}",
+        }
     ]
     dataset = SA1BDataset(out, image_root=photos)
     names = [dataset.read_annotations(i)["image"]["file_name"] for i in range(3)]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import sam_lightning
-from sam_lightning._config import config_dir, find_config_dir
+from sam_lightning.entry_points import config_dir, find_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [
@@ -72,7 +72,7 @@ def test_wheel_build_ships_configs(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sam_lightning._config as c; print(c.__file__); print(c.config_dir())",
+            "import sam_lightning.entry_points as c; print(c.__file__); print(c.config_dir())",
         ],
         cwd=tmp_path,
         env={"PYTHONPATH": str(build), "PATH": ""},
@@ -82,6 +82,16 @@ def test_wheel_build_ships_configs(tmp_path):
         timeout=60,
     ).stdout.split()
     assert found == [
-        str(build / "sam_lightning" / "_config.py"),
+        str(build / "sam_lightning" / "entry_points.py"),
         str(build / "sam_lightning" / "conf"),
     ]
+
+
+@pytest.mark.parametrize("name", ["train", "evaluate", "amg", "annotate"])
+def test_each_entry_point_logs_to_a_file_named_after_it(name):
+    """One Hydra main serves them all, so the job name (the log file's) is set per config."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(name, return_hydra_config=True)
+    assert cfg.hydra.job.name == name

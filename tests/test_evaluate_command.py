@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from sam_lightning._config import config_dir
+from sam_lightning.entry_points import config_dir
 from sam_lightning.evaluate import TASKS, UnknownTaskError, evaluate, model_factory
 from sam_lightning.ops import rle_encode
 
@@ -60,12 +60,12 @@ def test_the_model_group_is_shared_with_training(model):
 # ------------------------------------------------------------------ the adapter contract
 
 
-def fake_adapter(get_model, eval_cfg, data_cfg, output_dir, device, progress=True):
-    """A harness that records its arguments and fails when ``eval_cfg`` asks it to."""
-    if eval_cfg.get("fail"):
+def fake_adapter(job):
+    """A harness that records its job and fails when ``job.eval`` asks it to."""
+    if job.eval.get("fail"):
         raise RuntimeError("harness failed")
-    (output_dir / "predictions.json").write_text("[]")
-    return {"score": eval_cfg["value"], "count": len(data_cfg), "progress": float(progress)}
+    (job.output_dir / "predictions.json").write_text("[]")
+    return {"score": job.eval["value"], "count": len(job.data), "progress": float(job.progress)}
 
 
 def library_config(**eval_cfg) -> dict:
@@ -258,7 +258,8 @@ def test_the_command_without_a_known_task_or_data_fails_clearly(tmp_path, coco):
         "+eval=points_coco", "eval.task=points_voc", *coco, f"hydra.run.dir={tmp_path / 'x'}"
     )
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "unknown eval.task 'points_voc'" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "eval.task=points_voc: not one of" in output and "did you mean points_coco" in output
     assert not (tmp_path / "x" / "metrics.json").exists()
 
 

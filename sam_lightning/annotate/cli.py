@@ -19,8 +19,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sam_lightning.amg import OFFICIAL_CHECKPOINTS, resolve_device
-
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
@@ -46,26 +44,15 @@ def build_tool(
 ) -> AnnotationTool:
     """Builds the model (random weights, seeded, without ``checkpoint``), the confident-mask
     source for ``mode="semi"`` (see :mod:`sam_lightning.annotate.semi`) and the tool."""
-    import torch
-
     from sam_lightning.annotate.semi import build_mask_source
     from sam_lightning.annotate.tool import MODES, AnnotationTool
-    from sam_lightning.modeling.build import build_sam
+    from sam_lightning.entry_points import build_model
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not Path(images).is_dir():
         raise FileNotFoundError(f"images: not a directory: {images}")
-    device = resolve_device(device)
-    if checkpoint is None:
-        log.warning(
-            "no model.checkpoint given: %s has random weights and the masks are meaningless; "
-            "download %s and pass model.checkpoint=PATH",
-            model_type,
-            OFFICIAL_CHECKPOINTS,
-        )
-        torch.manual_seed(0)
-    model = build_sam(model_type, checkpoint=checkpoint, image_size=image_size).to(device).eval()
+    model = build_model(model_type, checkpoint, image_size, device)
     source = None
     if mode == "semi":
         source = build_mask_source(model, semi_source, dict(semi_options or {}))
@@ -150,10 +137,18 @@ def run_from_config(cfg: DictConfig) -> int:
 
 def main() -> int:
     """``python -m sam_lightning.annotate key=value ...`` (overrides of ``conf/annotate.yaml``)."""
-    from sam_lightning._config import run_entry_point
+    from sam_lightning.entry_points import hydra_main
+    from sam_lightning.settings import annotate
 
     example = (
         "python -m sam_lightning.annotate images=<dir> output=<dir> "
         "model.type=vit_b model.checkpoint=<sam_vit_b_01ec64.pth> [mode=semi]"
     )
-    return run_entry_point("annotate", ("images", "output"), example, run_from_config)
+    return hydra_main(
+        "annotate",
+        run_from_config,
+        annotate.AnnotateSettings,
+        annotate.check,
+        ("images", "output"),
+        example,
+    )

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from sam_lightning.data.sa1b import write_atomic
+from sam_lightning.file_io import write_atomic
 from sam_lightning.inference.predictor import SamPredictor
 
 if TYPE_CHECKING:

@@ -26,13 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sam_lightning.data.sa1b import (
-    SUMMARY_NAME,
-    SA1BFormatError,
-    is_temp_file,
-    read_sa1b_json,
-    write_atomic,
-)
+from sam_lightning.data.sa1b import SUMMARY_NAME, SA1BFormatError, read_sa1b_json
+from sam_lightning.file_io import is_temp_file, write_atomic
 
 log = logging.getLogger("sam_lightning.annotate")
 

@@ -46,15 +46,17 @@ from PIL import Image
 
 from sam_lightning import ops
 from sam_lightning.data.sa1b import (
-    IMAGE_EXTENSIONS,
     SA1BFormatError,
-    UnreadableImageError,
     annotation_id,
-    is_temp_file,
-    read_image,
-    read_json_object,
+    read_sa1b_json,
     sa1b_image_id,
     validate_sa1b_document,
+)
+from sam_lightning.file_io import (
+    IMAGE_EXTENSIONS,
+    UnreadableImageError,
+    is_temp_file,
+    read_image,
     write_atomic,
 )
 
@@ -348,7 +350,7 @@ class AnnotationStore:
             }
             return {"image": info, "annotations": [], "annotate": _state({})}
         try:
-            document = validate_sa1b_document(read_json_object(path), path)
+            document = read_sa1b_json(path)
         except SA1BFormatError as error:
             raise ApiError(409, f"{error}; fix or move the file") from None
         info = document["image"]

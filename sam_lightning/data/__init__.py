@@ -9,20 +9,17 @@ LVIS v1 (:class:`LvisDataset`) as training data.
 
 from sam_lightning.data.coco import CocoDataset, LvisDataset
 from sam_lightning.data.sa1b import (
-    SA1BDataset,
     SA1BFormatError,
     SA1BSample,
-    UnreadableImageError,
     annotation_id,
-    decode_image,
-    decode_masks,
     make_sa1b_document,
-    read_image,
     read_sa1b_json,
     sa1b_image_id,
     validate_sa1b_document,
     write_sa1b_json,
 )
+from sam_lightning.data.sa1b_dataset import SA1BDataset, decode_masks
+from sam_lightning.file_io import UnreadableImageError, decode_image, read_image
 
 __all__ = [
     "CocoDataset",

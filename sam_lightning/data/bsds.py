@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam_lightning.data.sa1b import read_image
+from sam_lightning.file_io import read_image
 
 SPLITS = ("train", "val", "test")
 _FIELDS = ("Segmentation", "Boundaries")

@@ -44,16 +44,16 @@ import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
 from sam_lightning.data.coco import CocoDataset, LvisDataset
-from sam_lightning.data.sa1b import SA1BDataset
-from sam_lightning.data.synthetic import SyntheticShapes
-from sam_lightning.data.train_transforms import (
+from sam_lightning.data.sa1b_dataset import SA1BDataset
+from sam_lightning.data.samples import (
+    Sample,
     SampleKey,
+    SampleTransform,
     SkipBadSamples,
-    TrainSample,
-    TrainSamples,
-    TrainTransform,
+    TransformedDataset,
     collate,
 )
+from sam_lightning.data.synthetic import SyntheticShapes
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,20 @@ def build_dataset(kind: str, **kwargs: Any) -> Any:
     if missing:
         raise ValueError(f"dataset kind {kind!r} needs argument(s) {missing}")
     return cls(**{name: _plain(value) for name, value in kwargs.items()})
+
+
+def validation_spec(train: Mapping[str, Any], val: Mapping[str, Any]) -> dict[str, Any]:
+    """The validation spec: ``val`` over the ``train`` spec's settings when it has the same
+    ``kind`` or none (so a config states only what differs), else ``val`` alone. A synthetic
+    one without its own ``seed`` gets the training seed + 1, so its images differ."""
+    val = dict(val)
+    inherits = val.get("kind", train.get("kind")) == train.get("kind")
+    seed_given = "seed" in val
+    if inherits:
+        val = {**train, **val}
+    if val.get("kind") == "synthetic" and not seed_given:
+        val["seed"] = (train.get("seed", 0) if train.get("kind") == "synthetic" else 0) + 1
+    return val
 
 
 def _build_from_spec(spec: Mapping[str, Any], split: str) -> Any:
@@ -203,13 +217,13 @@ class CountSkips:
     def __len__(self) -> int:
         return len(self.skipping)
 
-    def __getitem__(self, key: SampleKey) -> tuple[TrainSample, int]:
+    def __getitem__(self, key: SampleKey) -> tuple[Sample, int]:
         before = self.skipping.skipped
         sample = self.skipping[key]
         return sample, self.skipping.skipped - before
 
 
-def collate_counting(items: Sequence[tuple[TrainSample, int]]) -> dict[str, Any]:
+def collate_counting(items: Sequence[tuple[Sample, int]]) -> dict[str, Any]:
     """:func:`collate` of the samples, plus ``num_skipped`` (int): the items skipped for them."""
     batch = collate([sample for sample, _ in items])
     batch["num_skipped"] = sum(count for _, count in items)
@@ -222,8 +236,9 @@ class SamDataModule(lightning.LightningDataModule):
 
     Args:
         train, val: dataset specs, ``{"kind": ..., **arguments}`` (see :func:`build_dataset`).
-            Default: 64 (train) and 16 (val) synthetic 256 x 256 images. A synthetic ``val``
-            without a ``seed`` gets the training seed + 1, so its images differ.
+            Default: 64 (train) and 16 (val) synthetic 256 x 256 images. ``val`` takes the
+            ``train`` spec's settings it does not give when its ``kind`` is the same or
+            missing (:func:`validation_spec`).
         image_size: S, the side of the model input (SAM: 1024).
         max_masks: masks per image, at most (64 in the SAM paper, Appendix A).
         max_mask_fraction: drop masks covering more of the image than this (paper: 0.9).
@@ -252,12 +267,9 @@ class SamDataModule(lightning.LightningDataModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.train_spec = _plain(train) if train is not None else _default_spec(64)
-        self.val_spec = _plain(val) if val is not None else _default_spec(16)
-        if self.val_spec.get("kind") == "synthetic" and "seed" not in self.val_spec:
-            train_seed = self.train_spec.get("seed", 0)
-            self.val_spec["seed"] = (
-                train_seed if self.train_spec.get("kind") == "synthetic" else 0
-            ) + 1
+        self.val_spec = validation_spec(
+            self.train_spec, _plain(val) if val is not None else _default_spec(16)
+        )
         if batch_size < 1 or num_workers < 0:
             raise ValueError(
                 f"need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}"
@@ -265,10 +277,10 @@ class SamDataModule(lightning.LightningDataModule):
         low, high = scale_range
         transform_args = {"image_size": image_size, "max_masks": max_masks}
         transform_args["max_mask_fraction"] = max_mask_fraction
-        self.train_transform = TrainTransform(
+        self.train_transform = SampleTransform(
             **transform_args, lsj=lsj, scale_range=(float(low), float(high))
         )
-        self.val_transform = TrainTransform(**transform_args, lsj=False)
+        self.val_transform = SampleTransform(**transform_args, lsj=False)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.pin_memory = pin_memory
         self._train_dataset: Any = None
@@ -311,7 +323,7 @@ class SamDataModule(lightning.LightningDataModule):
         """The training loader of one rank from batch ``position`` of the stream (an int or a
         callable read at each ``iter()``), in windows of ``num_batches`` batches (default: one
         pass over the dataset, ``len(dataset) // (batch_size * world_size)``)."""
-        samples = TrainSamples(self.train_dataset, self.train_transform, self.seed)
+        samples = TransformedDataset(self.train_dataset, self.train_transform, self.seed)
         if num_batches is None:
             num_batches = max(1, len(samples) // (self.batch_size * world_size))
         sampler = TrainStream(
@@ -322,7 +334,7 @@ class SamDataModule(lightning.LightningDataModule):
     def val_loader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
         """The validation loader of one rank: items ``rank, rank + world_size, ...`` in order,
         item ``i`` drawn with ``sample_rng(seed, 0, i)``, no jitter."""
-        samples = TrainSamples(self.val_dataset, self.val_transform, self.seed)
+        samples = TransformedDataset(self.val_dataset, self.val_transform, self.seed)
         return self._loader(samples, RankSlice(len(samples), rank, world_size))
 
     def train_dataloader(self) -> DataLoader:
@@ -342,7 +354,7 @@ class SamDataModule(lightning.LightningDataModule):
             return self.val_loader()
         return self.val_loader(*_check_ranks(self.trainer))
 
-    def _loader(self, samples: TrainSamples, sampler: Sampler) -> DataLoader:
+    def _loader(self, samples: TransformedDataset, sampler: Sampler) -> DataLoader:
         skipper = SkipBadSamples(samples)
         self._skippers.append(skipper)
         return DataLoader(

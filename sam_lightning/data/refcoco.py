@@ -11,8 +11,8 @@ instances of the train2014 images the refs point into. A ref is::
 Every sentence refers to the object of annotation ``ann_id``. The pickle is read with an
 unpickler that resolves no global name at all (a plain-data pickle of lists, dicts,
 strings and numbers needs none), so that no code in the file can run; a JSON file holding
-the same list of refs (``.json``) is read too. Malformed files raise
-:class:`~sam_lightning.data.sa1b.SA1BFormatError` naming the file and the field.
+the same list of refs (``.json``) is read too. Malformed files (the refs or the instances)
+raise :class:`~sam_lightning.file_io.RefCocoFormatError` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -21,16 +21,18 @@ import io
 import json
 import os
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sam_lightning.data.coco import _to_rle, _where
-from sam_lightning.data.sa1b import (
-    SA1BFormatError,
-    _bad,
-    _is_int,
-    _kind,
+from sam_lightning.data.coco_format import annotation_where, check_image_size, segmentation_to_rle
+from sam_lightning.file_io import (
+    RefCocoFormatError,
+    check_fields,
+    check_unique,
+    expected,
+    is_int,
+    kind_of,
     read_image,
     read_json_object,
 )
@@ -40,6 +42,13 @@ __all__ = ["DEFAULT_SPLIT_BY", "RefCocoDataset", "load_refs", "refer_paths"]
 #: The usual ``splitBy`` of each dataset: UNC's splits of RefCOCO and RefCOCO+ (val, testA,
 #: testB), UMD's of RefCOCOg (val, test); RefCOCOg also has Google's (``google``: val).
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
+_REF_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "ref_id": (is_int, "an int"),
+    "ann_id": (is_int, "an int"),
+    "image_id": (is_int, "an int"),
+    "split": (lambda v: isinstance(v, str), "a split name"),
+    "sentences": (lambda v: isinstance(v, list) and bool(v), "a non-empty list of sentences"),
+}
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
@@ -51,7 +60,7 @@ class _PlainDataUnpickler(pickle.Unpickler):
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
-        raise SA1BFormatError(
+        raise RefCocoFormatError(
             self.source,
             "",
             f"refuses to load {module}.{name}: a refs pickle may hold only lists, dicts, "
@@ -81,7 +90,7 @@ def load_refs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        SA1BFormatError: not a pickle of plain data (or not JSON), not a list, or a ref
+        RefCocoFormatError: not a pickle of plain data (or not JSON), not a list, or a ref
             without an int ``ref_id``, ``ann_id`` or ``image_id``, a str ``split``, or a
             non-empty list of ``sentences`` each with a str ``sent`` (and an int
             ``sent_id`` if it has one); repeated ``ref_id``.
@@ -95,49 +104,41 @@ def load_refs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             try:
                 refs = json.load(handle)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise SA1BFormatError(source, "", f"not valid JSON: {error}") from None
+                raise RefCocoFormatError(source, "", f"not valid JSON: {error}") from None
         else:
             try:
                 refs = _PlainDataUnpickler(handle, source).load()
-            except SA1BFormatError:
+            except RefCocoFormatError:
                 raise
             except (pickle.UnpicklingError, EOFError, UnicodeDecodeError, ValueError) as error:
-                raise SA1BFormatError(source, "", f"not a refs pickle: {error}") from None
+                raise RefCocoFormatError(source, "", f"not a refs pickle: {error}") from None
     if not isinstance(refs, list):
-        raise SA1BFormatError(source, "", f"expected a list of refs, got {_kind(refs)}")
+        raise RefCocoFormatError(source, "", f"expected a list of refs, got {kind_of(refs)}")
     seen: dict[int, int] = {}
     for k, ref in enumerate(refs):
         _check_ref(ref, f"refs[{k}]", source)
-        if ref["ref_id"] in seen:
-            raise SA1BFormatError(
-                source, f"refs[{k}].ref_id", f"repeats the ref_id of refs[{seen[ref['ref_id']]}]"
-            )
-        seen[ref["ref_id"]] = k
+        check_unique(
+            seen,
+            ref["ref_id"],
+            k,
+            source,
+            f"refs[{k}].ref_id",
+            "ref_id of refs",
+            RefCocoFormatError,
+        )
     return refs
 
 
 def _check_ref(ref: Any, where: str, source: str) -> None:
-    if not isinstance(ref, dict):
-        raise SA1BFormatError(source, where, f"expected an object, got {_kind(ref)}")
-    for field in ("ref_id", "ann_id", "image_id", "split", "sentences"):
-        if field not in ref:
-            raise SA1BFormatError(source, f"{where}.{field}", "missing")
-    for field in ("ref_id", "ann_id", "image_id"):
-        if not _is_int(ref[field]):
-            raise SA1BFormatError(source, f"{where}.{field}", _bad(ref[field], "an int"))
-    if not isinstance(ref["split"], str):
-        raise SA1BFormatError(source, f"{where}.split", _bad(ref["split"], "a split name"))
-    sentences = ref["sentences"]
-    if not isinstance(sentences, list) or not sentences:
-        raise SA1BFormatError(
-            source, f"{where}.sentences", _bad(sentences, "a non-empty list of sentences")
-        )
-    for j, sentence in enumerate(sentences):
+    check_fields(ref, _REF_FIELDS, source, where, RefCocoFormatError)
+    for j, sentence in enumerate(ref["sentences"]):
         at = f"{where}.sentences[{j}]"
         if not isinstance(sentence, dict) or not isinstance(sentence.get("sent"), str):
-            raise SA1BFormatError(source, f"{at}.sent", _bad(sentence, 'a {"sent": str}'))
-        if "sent_id" in sentence and not _is_int(sentence["sent_id"]):
-            raise SA1BFormatError(source, f"{at}.sent_id", _bad(sentence["sent_id"], "an int"))
+            raise RefCocoFormatError(source, f"{at}.sent", expected(sentence, 'a {"sent": str}'))
+        if "sent_id" in sentence and not is_int(sentence["sent_id"]):
+            raise RefCocoFormatError(
+                source, f"{at}.sent_id", expected(sentence["sent_id"], "an int")
+            )
 
 
 class RefCocoDataset:
@@ -159,11 +160,11 @@ class RefCocoDataset:
 
     Raises:
         FileNotFoundError: a file or the image directory does not exist.
-        SA1BFormatError: a bad refs file (see :func:`load_refs`) or instances file (not a
+        RefCocoFormatError: a bad refs file (see :func:`load_refs`) or instances file (not a
             JSON object with ``images`` and ``annotations``; an image without int ``id``,
             ``width``, ``height`` or ``file_name``); a ref whose ``ann_id`` is no
             annotation of the instances file, or whose ``image_id`` is not its
-            annotation's. Reading an item raises SA1BFormatError for a malformed
+            annotation's. Reading an item raises RefCocoFormatError for a malformed
             segmentation or an image of another size than the file says.
         ValueError: ``split`` is none of the refs' splits (the message lists them).
     """
@@ -197,19 +198,19 @@ class RefCocoDataset:
         self._refs: dict[int, list[dict[str, Any]]] = {}
         for k, ref in chosen:
             if ref["ann_id"] not in anns:
-                raise SA1BFormatError(
+                raise RefCocoFormatError(
                     self.refs_file, f"refs[{k}].ann_id", f"{file} has no annotation {ref['ann_id']}"
                 )
             position, ann = anns[ref["ann_id"]]
             if ann.get("image_id") != ref["image_id"]:
-                raise SA1BFormatError(
+                raise RefCocoFormatError(
                     self.refs_file,
                     f"refs[{k}].image_id",
                     f"{ref['image_id']}, but annotation {ref['ann_id']} of {file} is of image "
                     f"{ann.get('image_id')!r}",
                 )
             if ref["image_id"] not in infos:
-                raise SA1BFormatError(
+                raise RefCocoFormatError(
                     self.refs_file, f"refs[{k}].image_id", f"{file} has no image {ref['image_id']}"
                 )
             self._refs.setdefault(ref["image_id"], []).append(
@@ -222,7 +223,7 @@ class RefCocoDataset:
                     "sentences": [
                         {"sent": s["sent"], "sent_id": s.get("sent_id")} for s in ref["sentences"]
                     ],
-                    "_where": _where(position, ann["id"]),
+                    "_where": annotation_where(position, ann["id"]),
                     "_segmentation": ann.get("segmentation"),
                 }
             )
@@ -231,11 +232,13 @@ class RefCocoDataset:
 
     def _load_instances(self) -> dict[str, Any]:
         file = str(self.instances)
-        document = read_json_object(self.instances)
+        document = read_json_object(self.instances, error=RefCocoFormatError)
         for field in ("images", "annotations"):
             if not isinstance(document.get(field), list):
-                problem = "missing" if field not in document else _bad(document[field], "a list")
-                raise SA1BFormatError(file, field, problem)
+                problem = (
+                    "missing" if field not in document else expected(document[field], "a list")
+                )
+                raise RefCocoFormatError(file, field, problem)
         return document
 
     @staticmethod
@@ -245,15 +248,15 @@ class RefCocoDataset:
         for k, info in enumerate(images):
             where = f"images[{k}]"
             if not isinstance(info, dict):
-                raise SA1BFormatError(file, where, f"expected an object, got {_kind(info)}")
+                raise RefCocoFormatError(file, where, f"expected an object, got {kind_of(info)}")
             for field in ("id", "width", "height"):
-                if not _is_int(info.get(field)):
-                    problem = "missing" if field not in info else _bad(info[field], "an int")
-                    raise SA1BFormatError(file, f"{where}.{field}", problem)
+                if not is_int(info.get(field)):
+                    problem = "missing" if field not in info else expected(info[field], "an int")
+                    raise RefCocoFormatError(file, f"{where}.{field}", problem)
             name = info.get("file_name")
             if not isinstance(name, str) or not name:
-                problem = "missing" if "file_name" not in info else _bad(name, "a file name")
-                raise SA1BFormatError(file, f"{where}.file_name", problem)
+                problem = "missing" if "file_name" not in info else expected(name, "a file name")
+                raise RefCocoFormatError(file, f"{where}.file_name", problem)
             infos[info["id"]] = {
                 "image_id": info["id"],
                 "width": info["width"],
@@ -276,14 +279,21 @@ class RefCocoDataset:
 
     def read_refs(self, index: int) -> list[dict[str, Any]]:
         """The refs of item ``index`` with their masks (see the class docstring), without
-        reading the image. Raises SA1BFormatError for a malformed segmentation."""
+        reading the image. Raises RefCocoFormatError for a malformed segmentation."""
         info = self.image_info(index)
         refs = []
         for ref in self._refs[info["image_id"]]:
             where, segmentation = ref["_where"], ref["_segmentation"]
             if segmentation is None:
-                raise SA1BFormatError(self.instances, f"{where}.segmentation", "missing")
-            rle = _to_rle(segmentation, info["height"], info["width"], str(self.instances), where)
+                raise RefCocoFormatError(self.instances, f"{where}.segmentation", "missing")
+            rle = segmentation_to_rle(
+                segmentation,
+                info["height"],
+                info["width"],
+                str(self.instances),
+                where,
+                RefCocoFormatError,
+            )
             public = {key: value for key, value in ref.items() if not key.startswith("_")}
             refs.append({**public, "segmentation": rle})
         return refs
@@ -297,13 +307,7 @@ class RefCocoDataset:
                 f"image {str(path)!r} of image_id {info['image_id']} in {self.instances} not found"
             )
         image = read_image(path)
-        if list(image.shape[:2]) != [info["height"], info["width"]]:
-            raise SA1BFormatError(
-                self.instances,
-                f"image_id {info['image_id']}: height/width",
-                f"[{info['height']}, {info['width']}] but the image {str(path)!r} is "
-                f"{image.shape[0]} x {image.shape[1]} (height x width)",
-            )
+        check_image_size(image, info, path, self.instances, RefCocoFormatError)
         source = f"{path} (image_id {info['image_id']} in {self.instances})"
         return {"image": image, "image_info": info, "refs": refs, "source": source}
 

@@ -9,7 +9,7 @@ either one unannotated texture or a mosaic of Voronoi cells, each with its own t
 annotated like a shape, so that every pixel belongs to a mask (as in SA-1B, whose masks cover
 most of each image).
 
-Items have the structure of :class:`sam_lightning.data.sa1b.SA1BDataset` items (``image``,
+Items have the structure of :class:`sam_lightning.data.sa1b_dataset.SA1BDataset` items (``image``,
 ``annotations`` with COCO RLEs, ``image_info``, ``source``), and :func:`write_sa1b` writes a
 dataset in the SA-1B layout (PNG images, so ``SA1BDataset`` reads back the same pixels).
 """
@@ -24,13 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sam_lightning.data.sa1b import (
-    SA1BSample,
-    annotation_id,
-    make_sa1b_document,
-    write_atomic,
-    write_sa1b_json,
-)
+from sam_lightning.data.sa1b import SA1BSample, annotation_id, make_sa1b_document, write_sa1b_json
+from sam_lightning.file_io import write_atomic
 from sam_lightning.ops import rle_area, rle_encode, rle_to_bbox
 
 SHAPES = ("ellipse", "rectangle", "polygon", "ring")

@@ -42,8 +42,8 @@ import numpy as np
 from tqdm import tqdm
 
 from sam_lightning import ops
-from sam_lightning.data.sa1b import read_image
 from sam_lightning.evaluation import coco_native
+from sam_lightning.file_io import read_image
 
 BACKENDS = ("auto", "native", "pycocotools", "faster_coco_eval")
 #: What ``backend="auto"`` uses per metric (see the module docstring).

@@ -20,9 +20,8 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from sam_lightning import ops
 from sam_lightning.data.bsds import BSDS500Dataset
 from sam_lightning.evaluation import bsds_eval
-from sam_lightning.evaluation.settings import task_settings
+from sam_lightning.evaluation.settings import EvalJob
 from sam_lightning.inference.crops import build_point_grid
 from sam_lightning.inference.predictor import POSTPROCESS_CHUNK_ELEMENTS, SamPredictor
 from sam_lightning.modeling.sam import Sam
@@ -245,51 +244,39 @@ def evaluate_edge_dir(
     )
 
 
+#: The ``eval`` settings (:class:`~sam_lightning.settings.evaluate.EdgesSettings`) that
+#: configure :class:`SamEdgeDetector`.
 _DETECTOR_KEYS = (
     "points_per_side", "points_per_batch", "box_nms_thresh", "nms_radius", "nms_border",
     "nms_multiplier", "orientation_smoothing",
 )  # fmt: skip
-#: ``eval`` settings and their defaults; a detector setting left None takes
-#: :class:`SamEdgeDetector`'s default (see conf/eval/edges_bsds.yaml).
-DEFAULTS: dict[str, Any] = {
-    "thresholds": bsds_eval.NUM_THRESHOLDS,
-    "max_dist": BSDS_MAX_DIST,
-    "edges_from": None,
-    "max_images": None,
-    **dict.fromkeys(_DETECTOR_KEYS),
-}
 
 
-def run_from_config(
-    get_model: Callable[[], Sam],
-    eval_cfg: Mapping[str, Any],
-    data_cfg: Mapping[str, Any],
-    output_dir: Path,
-    device: str,
-    progress: bool = True,
-) -> dict[str, float]:
+def run_from_config(job: EvalJob) -> dict[str, float]:
     """Runs the BSDS500 edge task (``conf/eval/edges_bsds.yaml``): SAM's edge maps to
     ``<output_dir>/edges/*.png``, or the maps of ``eval_cfg["edges_from"]`` (then the model
     is never built); writes ``pr_curve.png`` and ``bsds_eval.json`` (curve and per-image
     scores) to ``output_dir``; returns the flat metrics (ods, ois, ap, r50, ...; r50 is NaN
     when the precision never reaches 50%). The per-mask work runs on the model's device
     (``get_model()`` builds it on ``device``)."""
-    settings = task_settings("edges_bsds", eval_cfg, DEFAULTS)
-    if data_cfg.get("root") in (None, "", "???"):
+    settings = job.settings("edges_bsds")
+    if job.data.get("root") in (None, "", "???"):
         raise ValueError("edges_bsds needs data.root: the BSDS500 directory")
-    output_dir = Path(output_dir)
     dataset = BSDS500Dataset(
-        data_cfg["root"], data_cfg.get("split", "test"), settings["max_images"]
+        job.data["root"], job.data.get("split", "test"), settings["max_images"]
     )
     thresholds = int(settings["thresholds"])
     max_dist = float(settings["max_dist"])
     if settings["edges_from"]:
-        result = evaluate_edge_dir(settings["edges_from"], dataset, thresholds, max_dist, progress)
+        result = evaluate_edge_dir(
+            settings["edges_from"], dataset, thresholds, max_dist, job.progress
+        )
     else:
-        chosen = {k: settings[k] for k in _DETECTOR_KEYS if settings[k] is not None}
-        detector = SamEdgeDetector(get_model(), **chosen)
-        result = evaluate_sam_edges(detector, dataset, output_dir, thresholds, max_dist, progress)
-    write_report(result, output_dir)
+        detector = SamEdgeDetector(job.get_model(), **{k: settings[k] for k in _DETECTOR_KEYS})
+        result = evaluate_sam_edges(
+            detector, dataset, Path(job.output_dir), thresholds, max_dist, job.progress
+        )
+    write_report(result, Path(job.output_dir))
     return result.metrics()
 
 

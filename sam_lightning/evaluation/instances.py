@@ -18,32 +18,25 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from sam_lightning.data.sa1b import write_atomic
 from sam_lightning.evaluation import coco_metrics, lvis_compat
-from sam_lightning.evaluation.settings import task_settings
+from sam_lightning.evaluation.settings import EvalJob
+from sam_lightning.file_io import write_atomic
 from sam_lightning.inference.packed_rles import PackedRLEs
 from sam_lightning.inference.predictor import SamPredictor
 
 if TYPE_CHECKING:
-    from sam_lightning.modeling.sam import Sam
+    pass
 
 log = logging.getLogger(__name__)
 
 #: ``eval`` settings and their defaults (App. D.4; see conf/eval/instances_coco.yaml).
-DEFAULTS: dict[str, Any] = {
-    "multimask_output": True,
-    "refine": True,
-    "boxes_per_batch": 64,
-    "max_images": None,
-    "backend": "auto",
-}
 PREDICTIONS_FILE = "predictions.json"
 
 
@@ -151,38 +144,31 @@ def segment_detections(
     return results
 
 
-def run_from_config(
-    get_model: Callable[[], Sam],
-    eval_cfg: Mapping[str, Any],
-    data_cfg: Mapping[str, Any],
-    output_dir: Path,
-    device: str,
-    progress: bool = True,
-) -> dict[str, float]:
+def run_from_config(job: EvalJob) -> dict[str, float]:
     """Runs App. D.4 on ``data.images`` / ``data.annotations`` (COCO or LVIS v1;
     ``data.format`` ``auto``, ``coco`` or ``lvis``) with the boxes of ``data.detections``,
     writes ``output_dir/predictions.json`` (COCO results) and returns ``ap``, ``ap50``,
     ``ap75``, ``ap_small``, ``ap_medium``, ``ap_large`` (COCO: COCOeval's, see ``backend``;
-    LVIS: ``lvis``, plus ``ap_rare``, ``ap_common``, ``ap_frequent``). ``eval_cfg`` holds
-    :data:`DEFAULTS`' keys (``max_images``: the first n images only); the model is on
-    ``device``."""
-    settings = task_settings(eval_cfg.get("task", "instances"), eval_cfg, DEFAULTS)
-    document = coco_metrics.load_ground_truth(data_cfg["annotations"])
-    fmt = coco_metrics.resolve_format(data_cfg.get("format"), document)
-    files = coco_metrics.image_files(document, data_cfg["images"])[: settings["max_images"]]
+    LVIS: ``lvis``, plus ``ap_rare``, ``ap_common``, ``ap_frequent``). ``job.eval`` holds
+    the task's settings (:class:`~sam_lightning.settings.evaluate.InstancesSettings`;
+    ``max_images``: the first n images only)."""
+    settings = job.settings("instances_coco")
+    document = coco_metrics.load_ground_truth(job.data["annotations"])
+    fmt = coco_metrics.resolve_format(job.data.get("format"), document)
+    files = coco_metrics.image_files(document, job.data["images"])[: settings["max_images"]]
     image_ids = [info["id"] for info, _ in files]
-    detections = load_detections(data_cfg["detections"], image_ids)
+    detections = load_detections(job.data["detections"], image_ids)
     files = [(info, path) for info, path in files if detections.get(info["id"])]
     coco_metrics.check_image_files(files)
     results = segment_detections(
-        SamPredictor(get_model()),
-        coco_metrics.read_images(files, progress, desc="instances"),
+        SamPredictor(job.get_model()),
+        coco_metrics.read_images(files, job.progress, desc="instances"),
         detections,
         multimask_output=bool(settings["multimask_output"]),
         refine=bool(settings["refine"]),
         boxes_per_batch=int(settings["boxes_per_batch"]),
     )
-    write_atomic(Path(output_dir) / PREDICTIONS_FILE, json.dumps(results).encode())
+    write_atomic(Path(job.output_dir) / PREDICTIONS_FILE, json.dumps(results).encode())
     if fmt == "lvis":
-        return lvis_compat.lvis_mask_ap(data_cfg["annotations"], results, image_ids=image_ids)
+        return lvis_compat.lvis_mask_ap(job.data["annotations"], results, image_ids=image_ids)
     return coco_metrics.mask_ap(document, results, image_ids=image_ids, backend=settings["backend"])

@@ -3,10 +3,10 @@
 Per ground-truth object, the first click is positive, at the maximum of the object's interior
 distance transform; each later click goes to the pixel of the error region (false negatives:
 positive click; false positives: negative click) farthest from that region's boundary, the
-protocol of RITM that :mod:`sam_lightning.training.evaluation` implements
-(:func:`~sam_lightning.training.evaluation.interior_points`,
-:func:`~sam_lightning.training.evaluation.corrective_clicks`). Clicks are placed and IoUs
-measured at the image's original resolution.
+protocol of RITM: :func:`sam_lightning.inference.clicks.click_session`, which the training
+validation (``val/miou_<k>clicks``) runs too, with the same IoU
+(:func:`~sam_lightning.inference.clicks.mask_iou`). Clicks are placed and IoUs measured at the
+image's original resolution.
 
 After click 1 the model gives its 3 masks: the most confident one (highest predicted IoU) is
 the prediction, the best of the 3 against the ground truth is the *oracle* (§7.1). After
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,9 +40,9 @@ from torch import Tensor
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from sam_lightning.evaluation.settings import task_settings
-from sam_lightning.modeling.prompt_encoder import NOT_A_POINT, POSITIVE
-from sam_lightning.training.evaluation import corrective_clicks, interior_points
+from sam_lightning.evaluation.settings import EvalJob
+from sam_lightning.inference.clicks import click_session
+from sam_lightning.settings.evaluate import PAPER_NUM_CLICKS
 
 if TYPE_CHECKING:
     from sam_lightning.data.coco import CocoDataset
@@ -53,15 +53,7 @@ log = logging.getLogger("sam_lightning.evaluation.points")
 
 #: COCO's object size ranges by area in pixels (``COCOeval`` ``areaRng``), half-open here.
 AREA_RANGES = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, np.inf)}
-#: App. D.1: mIoU after N = 1, 2, 3, 5 and 9 points.
-PAPER_NUM_CLICKS = (1, 2, 3, 5, 9)
 PREDICTIONS_FILE = "predictions.json"
-#: ``eval`` settings and their defaults (see conf/eval/points_coco.yaml).
-DEFAULTS: dict[str, Any] = {
-    "num_clicks": PAPER_NUM_CLICKS,
-    "objects_per_batch": 64,
-    "max_images": None,
-}
 
 
 @dataclass
@@ -85,13 +77,6 @@ class ClickSession:
     labels: Tensor
 
 
-def _iou(pred: Tensor, gt: Tensor) -> Tensor:
-    """IoU of bool masks ``...×H×W``, 1 where both are empty."""
-    intersection = (pred & gt).flatten(-2).sum(-1)
-    union = (pred | gt).flatten(-2).sum(-1)
-    return torch.where(union > 0, intersection.double() / union.clamp(min=1), 1.0)
-
-
 @torch.inference_mode()
 def simulate_clicks(predictor: SamPredictor, gt_masks: Tensor, num_clicks: int) -> ClickSession:
     """Runs the click protocol (module docstring) on the image set in ``predictor``.
@@ -109,51 +94,27 @@ def simulate_clicks(predictor: SamPredictor, gt_masks: Tensor, num_clicks: int) 
     gt = gt_masks.to(predictor.device, torch.bool)
     if tuple(gt.shape[1:]) != tuple(size):
         raise ValueError(f"gt_masks are {tuple(gt.shape[1:])}, the image is {tuple(size)}")
-    rows = torch.arange(len(gt), device=gt.device)
 
-    def decode(coords: Tensor, labels: Tensor, mask_inputs: Tensor | None) -> tuple[Tensor, ...]:
-        low_res, scores = model.decode(
+    def decode(coords: Tensor, labels: Tensor, mask_inputs: Tensor | None, rows: Tensor):
+        return model.decode(
             predictor.features,
             point_coords=predictor.transform.apply_coords_torch(coords, size),
             point_labels=labels,
             mask_inputs=mask_inputs,
             multimask_output=mask_inputs is None,  # 3 masks for click 1 only (§3)
         )
-        masks = model.postprocess_masks(low_res, input_size, size) > model.mask_threshold
-        return low_res, scores, masks
 
-    points = interior_points(gt)
-    clicks, labels = points[:, None], torch.full((len(gt), 1), POSITIVE, device=gt.device)
-    low_res, scores, masks = decode(clicks.float(), labels, None)
-    all_ious, best = _iou(masks, gt[:, None]), scores.argmax(1)
-    pred, mask_inputs = masks[rows, best], low_res[rows, best, None]
-    session_ious = [all_ious[rows, best]]
-    first_masks, first_scores = pred.clone(), scores[rows, best]
-    clicked = torch.zeros_like(gt)
-    clicked[rows, points[:, 1], points[:, 0]] = True
-    for _ in range(1, num_clicks):
-        points = torch.zeros_like(points)
-        new_labels = torch.full_like(labels[:, 0], NOT_A_POINT)
-        wrong = torch.nonzero((pred ^ gt).flatten(1).any(1))[:, 0]
-        if len(wrong):
-            points[wrong], new_labels[wrong] = corrective_clicks(
-                pred[wrong], gt[wrong], clicked[wrong]
-            )
-        clicks = torch.cat([clicks, points[:, None]], dim=1)
-        labels = torch.cat([labels, new_labels[:, None]], dim=1)
-        active = torch.nonzero(new_labels != NOT_A_POINT)[:, 0]
-        if len(active):
-            clicked[active, points[active, 1], points[active, 0]] = True
-            low_res, _, masks = decode(clicks[active].float(), labels[active], mask_inputs[active])
-            mask_inputs[active], pred[active] = low_res, masks[:, 0]
-        session_ious.append(_iou(pred, gt))
+    def to_masks(low_res: Tensor) -> Tensor:
+        return model.postprocess_masks(low_res, input_size, size) > model.mask_threshold
+
+    session = click_session(decode, to_masks, gt, num_clicks, keep_first=True)
     return ClickSession(
-        ious=torch.stack(session_ious, dim=1),
-        oracle_ious=all_ious.amax(1),
-        first_masks=first_masks,
-        first_scores=first_scores,
-        clicks=clicks,
-        labels=labels,
+        ious=session.ious,
+        oracle_ious=session.first_ious.amax(1),
+        first_masks=session.first_masks,
+        first_scores=session.first_scores,
+        clicks=session.clicks,
+        labels=session.labels,
     )
 
 
@@ -308,32 +269,24 @@ def open_dataset(data_cfg: Mapping[str, Any]) -> CocoDataset:
     return kinds[kind](data_cfg["annotations"], data_cfg["images"])
 
 
-def run_from_config(
-    get_model: Callable[[], Sam],
-    eval_cfg: Mapping[str, Any],
-    data_cfg: Mapping[str, Any],
-    output_dir: Path,
-    device: str,
-    progress: bool = True,
-) -> dict[str, float]:
+def run_from_config(job: EvalJob) -> dict[str, float]:
     """``+eval=points_coco`` / ``points_lvis``: runs :func:`evaluate_points` with the
-    ``eval`` settings, writes ``<output_dir>/predictions.json`` and returns the metrics.
-    ``device`` is where ``get_model`` puts the model."""
-    from sam_lightning.data.sa1b import write_atomic
+    ``eval`` settings, writes ``<output_dir>/predictions.json`` and returns the metrics."""
+    from sam_lightning.file_io import write_atomic
     from sam_lightning.inference.predictor import SamPredictor
 
-    settings = task_settings(eval_cfg.get("task", "points_coco"), eval_cfg, DEFAULTS)
-    dataset = open_dataset(data_cfg)  # fails on bad paths before a large model is built
+    settings = job.settings("points_coco")
+    dataset = open_dataset(job.data)  # fails on bad paths before a large model is built
     clicks = _check_num_clicks(settings["num_clicks"])
-    log.info("points: %s on %s, N = %s clicks", dataset, device, clicks)
+    log.info("points: %s on %s, N = %s clicks", dataset, job.device, clicks)
     metrics, records = evaluate_points(
-        SamPredictor(get_model()),
+        SamPredictor(job.get_model()),
         dataset,
         num_clicks=clicks,
         objects_per_batch=int(settings["objects_per_batch"]),
         max_images=settings["max_images"],
-        progress=progress,
+        progress=job.progress,
     )
-    target = write_atomic(Path(output_dir) / PREDICTIONS_FILE, json.dumps(records).encode())
+    target = write_atomic(Path(job.output_dir) / PREDICTIONS_FILE, json.dumps(records).encode())
     log.info("%d object predictions in %s", len(records), target)
     return metrics

@@ -16,16 +16,16 @@ and for LVIS per frequency group against the ground truth restricted to its cate
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from sam_lightning.data.sa1b import write_atomic
 from sam_lightning.evaluation import coco_metrics
-from sam_lightning.evaluation.settings import task_settings
+from sam_lightning.evaluation.settings import EvalJob
+from sam_lightning.file_io import write_atomic
 from sam_lightning.inference.automatic import MaskCandidates, SamAutomaticMaskGenerator
 from sam_lightning.inference.packed_rles import PackedRLEs
 
@@ -33,15 +33,6 @@ if TYPE_CHECKING:
     from sam_lightning.modeling.sam import Sam
 
 #: ``eval`` settings and their defaults (App. D.3; see conf/eval/proposals_lvis.yaml).
-DEFAULTS: dict[str, Any] = {
-    "points_per_side": 64,
-    "nms_thresh": 0.9,
-    "max_proposals": 1000,
-    "points_per_batch": 64,
-    "stability_score_offset": 1.0,
-    "max_images": None,
-    "backend": "auto",
-}
 PREDICTIONS_FILE = "predictions.json"
 
 
@@ -121,26 +112,20 @@ def generate_proposals(
     return results
 
 
-def run_from_config(
-    get_model: Callable[[], Sam],
-    eval_cfg: Mapping[str, Any],
-    data_cfg: Mapping[str, Any],
-    output_dir: Path,
-    device: str,
-    progress: bool = True,
-) -> dict[str, float]:
+def run_from_config(job: EvalJob) -> dict[str, float]:
     """Runs App. D.3 on ``data.images`` / ``data.annotations`` (COCO or LVIS v1; ``data.format``
     ``auto``, ``coco`` or ``lvis``), writes ``output_dir/predictions.json`` (COCO results)
     and returns ``ar@100``, ``ar@300``, ``ar@1000``, ``ar@1000_small/_medium/_large`` and, for
-    LVIS, ``ar@1000_frequent/_common/_rare``. ``eval_cfg`` holds :data:`DEFAULTS`' keys
-    (``max_images``: the first n images only); the model is on ``device``."""
-    settings = task_settings(eval_cfg.get("task", "proposals_lvis"), eval_cfg, DEFAULTS)
-    document = coco_metrics.load_ground_truth(data_cfg["annotations"])
-    fmt = coco_metrics.resolve_format(data_cfg.get("format"), document)
-    files = coco_metrics.image_files(document, data_cfg["images"])[: settings["max_images"]]
+    LVIS, ``ar@1000_frequent/_common/_rare``. ``job.eval`` holds the task's
+    settings (:class:`~sam_lightning.settings.evaluate.ProposalsSettings`; ``max_images``:
+    the first n images only)."""
+    settings = job.settings("proposals_lvis")
+    document = coco_metrics.load_ground_truth(job.data["annotations"])
+    fmt = coco_metrics.resolve_format(job.data.get("format"), document)
+    files = coco_metrics.image_files(document, job.data["images"])[: settings["max_images"]]
     coco_metrics.check_image_files(files)
     generator = proposal_generator(
-        get_model(),
+        job.get_model(),
         points_per_side=settings["points_per_side"],
         nms_thresh=settings["nms_thresh"],
         points_per_batch=settings["points_per_batch"],
@@ -148,11 +133,11 @@ def run_from_config(
     )
     results = generate_proposals(
         generator,
-        coco_metrics.read_images(files, progress, desc="proposals"),
+        coco_metrics.read_images(files, job.progress, desc="proposals"),
         agnostic_category(document),
         settings["max_proposals"],
     )
-    write_atomic(Path(output_dir) / PREDICTIONS_FILE, json.dumps(results).encode())
+    write_atomic(Path(job.output_dir) / PREDICTIONS_FILE, json.dumps(results).encode())
     return coco_metrics.proposal_ar(
         document,
         results,

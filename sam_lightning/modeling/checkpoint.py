@@ -8,10 +8,8 @@ checkpoints) and ``.safetensors`` files. Pickles are always read with
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -20,6 +18,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from sam_lightning.file_io import atomic_path
 
 _SAM_MODULES = ("image_encoder", "prompt_encoder", "mask_decoder")
 _FORMATS = ("torch", "safetensors")
@@ -132,19 +132,12 @@ def save_checkpoint(
         raise TypeError(f"state dict entries are not tensors: {not_tensors}")
     tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         if format == "torch":
             with open(tmp, "xb") as f:
                 torch.save(tensors, f)
         else:
             save_file(tensors, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -5,7 +5,7 @@ the ambiguity masks. :mod:`~sam_lightning.training.prompts`: simulated first pro
 corrective clicks and the 11-round schedule. :mod:`~sam_lightning.training.interactive`:
 the simulated interactive session that produces the loss.
 :mod:`~sam_lightning.training.optim`: freezing, parameter groups and the schedule.
-:mod:`~sam_lightning.training.evaluation`: validation prompts and mIoU (1 point, box,
+:mod:`~sam_lightning.training.validation`: validation prompts and mIoU (1 point, box,
 corrective clicks). :mod:`~sam_lightning.training.overlays`: mask panels for the loggers.
 :mod:`~sam_lightning.training.checkpointing`: atomic checkpoints and ``last.ckpt``.
 :mod:`~sam_lightning.training.module`: the LightningModule.

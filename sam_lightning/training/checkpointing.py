@@ -12,7 +12,6 @@ file in ``/tmp`` and ``shutil.move``, which is a copy (not atomic) across file s
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,14 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from sam_lightning.file_io import atomic_path
+
 LAST_CHECKPOINT = "last.ckpt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves with ``torch.save`` to a temporary file in the target directory, fsyncs and
-    ``os.replace`` s it (an interrupted save leaves the previous checkpoint intact); always
+    """Saves with ``torch.save`` atomically (:func:`~sam_lightning.file_io.atomic_path`: an
+    interrupted save leaves the previous checkpoint intact); always
     loads with ``weights_only=True``."""
 
     def save_checkpoint(
@@ -34,20 +35,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as temporary, open(temporary, "xb") as file:
+            torch.save(checkpoint, file)
 
     def load_checkpoint(
         self,

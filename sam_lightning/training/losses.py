@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sam_lightning.inference import clicks
+
 
 def sigmoid_focal_loss(
     logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
@@ -37,13 +39,11 @@ def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
 
 def mask_iou(logits: Tensor, targets: Tensor) -> Tensor:
     """IoU of the predicted masks (``logits > 0``) of ``...×H×W`` logits with binary targets,
-    per mask: returns ``...`` (float, no gradient). Two empty masks have IoU 1."""
-    pred = (logits > 0).flatten(-2)
-    targets = targets.bool().flatten(-2)
-    intersection = (pred & targets).sum(-1)
-    union = (pred | targets).sum(-1)
-    iou = intersection.to(torch.float32) / union.clamp(min=1)
-    return torch.where(union == 0, 1.0, iou).to(logits.dtype)
+    per mask: returns ``...`` (float, no gradient). Two empty masks have IoU 1. The
+    validation's and the App. D.1 harness's IoU
+    (:func:`sam_lightning.inference.clicks.mask_iou`), rounded to float32 (the value of a
+    float32 division of the pixel counts) and then to the logits' dtype."""
+    return clicks.mask_iou(logits > 0, targets.bool()).float().to(logits.dtype)
 
 
 def sam_loss(

@@ -11,16 +11,18 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from sam_lightning.inference.clicks import interior_points
 from sam_lightning.modeling.build import build_sam
-from sam_lightning.training.evaluation import (
-    corrective_click_ious,
-    interior_points,
-    single_prompt_ious,
-    text_prompt_ious,
-)
+from sam_lightning.settings.schema import defaults
+from sam_lightning.settings.train import TextSettings
 from sam_lightning.training.interactive import simulate_interactive
 from sam_lightning.training.optim import build_optimizer, freeze
 from sam_lightning.training.overlays import validation_panels
+from sam_lightning.training.validation import (
+    corrective_click_ious,
+    single_prompt_ious,
+    text_prompt_ious,
+)
 
 if TYPE_CHECKING:
     from sam_lightning.modeling.text_encoder import ClipEncoder
@@ -28,19 +30,12 @@ if TYPE_CHECKING:
 #: The checkpoint entry holding :attr:`SamTrainingModule.batches_seen`.
 POSITION_KEY = "sam_lightning_batches_seen"
 #: Settings of ``text`` (App. D.5) and their defaults; ``clip_path`` or ``clip_tiny`` is needed.
-TEXT_DEFAULTS: dict[str, Any] = {
-    "clip_path": None,  # CLIP directory in the HuggingFace layout (paper: ViT-L/14@336px)
-    "clip_tiny": None,  # or tiny_clip_config(**clip_tiny) with random weights (demos, tests)
-    "clip_seed": 0,  # the random tiny CLIP's seed
-    "min_mask_area": 100**2,  # masks of at least this many original-image pixels get CLIP prompts
-    "probability": 1.0,  # share of those whose first prompt is their CLIP image embedding
-    "expand_range": [1.0, 2.0],  # the mask box's random expansion before the square crop
-    "zero_outside_probability": 0.5,  # chance that the crop's pixels outside the mask are 0
-}
+TEXT_DEFAULTS: dict[str, Any] = defaults(TextSettings)
 
 
 class SamTrainingModule(L.LightningModule):
-    """Trains (or fine-tunes) SAM with the paper's recipe (§3, App. A).
+    """Trains (or fine-tunes) SAM with the paper's recipe (§3, App. A). The arguments and
+    their defaults are those declared in :mod:`sam_lightning.settings.train`.
 
     Args:
         model_type: registry name (``vit_b``, ``vit_l``, ``vit_h``, ``vit_tiny``).
@@ -90,9 +85,9 @@ class SamTrainingModule(L.LightningModule):
         lr: float = 8e-4,
         weight_decay: float = 0.1,
         betas: Sequence[float] = (0.9, 0.999),
-        layer_decay: float = 1.0,
+        layer_decay: float = 0.8,
         warmup_steps: int = 250,
-        milestones: Sequence[int] = (),
+        milestones: Sequence[int] = (60000, 86666),
         decay_factor: float = 0.1,
         num_point_rounds: int = 8,
         box_probability: float = 0.5,

@@ -16,11 +16,11 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
 from sam_lightning import amg, ops
-from sam_lightning._config import config_dir
 from sam_lightning.annotate import stats
 from sam_lightning.annotate.cli import run_annotate, run_from_config
 from sam_lightning.annotate.semi import DirectoryMasks, GeneratorMasks
 from sam_lightning.data import SA1BDataset, read_image
+from sam_lightning.entry_points import config_dir
 from sam_lightning.inference.automatic import SamAutomaticMaskGenerator
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 from sam_lightning.data.coco import CocoDataset, LvisDataset
-from sam_lightning.data.sa1b import SA1BFormatError, decode_masks
-from sam_lightning.data.train_transforms import SkipBadSamples, TrainSamples, TrainTransform
+from sam_lightning.data.sa1b_dataset import decode_masks
+from sam_lightning.data.samples import SampleTransform, SkipBadSamples, TransformedDataset
+from sam_lightning.file_io import CocoFormatError
 
 mask_api = pytest.importorskip("pycocotools.mask")
 coco_api = pytest.importorskip("pycocotools.coco")
@@ -278,7 +279,7 @@ def test_missing_annotation_file_or_image_directory(tmp_path, coco):
         (lambda d: d.update(images={}), "images", "expected a list"),
         (lambda d: d["images"][1].pop("height"), "images[1].height", "missing"),
         (lambda d: d["images"][1].pop("file_name"), "images[1].file_name", "missing"),
-        (lambda d: d["images"][2].update(id=1), "images[2].id", "repeats"),
+        (lambda d: d["images"][2].update(id=1), "images[2].id", r"1 repeats the id of images\[0\]"),
         (
             lambda d: d["annotations"][4].update(image_id=99),
             "annotations[4] (id 20).image_id",
@@ -289,7 +290,11 @@ def test_missing_annotation_file_or_image_directory(tmp_path, coco):
             "annotations[4] (id 20).image_id",
             "missing",
         ),
-        (lambda d: d["annotations"][4].update(id=10), "annotations[4] (id 10).id", "repeats"),
+        (
+            lambda d: d["annotations"][4].update(id=10),
+            "annotations[4] (id 10).id",
+            r"10 repeats the id of annotations\[0\]",
+        ),
         (
             lambda d: d["annotations"][4].update(iscrowd=2),
             "annotations[4] (id 20).iscrowd",
@@ -302,7 +307,7 @@ def test_structural_problems_raise_at_construction(tmp_path, change, field, prob
     document = coco_document()
     change(document)
     annotation_file = write_json(tmp_path / "bad.json", document)
-    with pytest.raises(SA1BFormatError, match=problem) as error:
+    with pytest.raises(CocoFormatError, match=problem) as error:
         CocoDataset(annotation_file, tmp_path / "images")
     assert error.value.file == str(annotation_file)
     assert error.value.field == field
@@ -313,7 +318,7 @@ def test_invalid_json_raises_naming_the_file(tmp_path):
     (tmp_path / "images").mkdir()
     annotation_file = tmp_path / "broken.json"
     annotation_file.write_text('{"images": [')
-    with pytest.raises(SA1BFormatError, match="not valid JSON") as error:
+    with pytest.raises(CocoFormatError, match="not valid JSON") as error:
         CocoDataset(annotation_file, tmp_path / "images")
     assert error.value.file == str(annotation_file)
 
@@ -343,7 +348,7 @@ def test_bad_segmentation_raises_when_the_item_is_read(tmp_path, segmentation, f
     annotation_file = write_json(tmp_path / "bad.json", document)
     dataset = CocoDataset(annotation_file, tmp_path / "images")  # constructs
     assert dataset[1]["image_info"]["image_id"] == 2  # other images are fine
-    with pytest.raises(SA1BFormatError, match=problem) as error:
+    with pytest.raises(CocoFormatError, match=problem) as error:
         dataset[0]
     assert error.value.file == str(annotation_file)
     assert error.value.field == f"annotations[1] (id 77).{field}"
@@ -365,7 +370,7 @@ def test_bad_annotation_fields_raise_when_read(tmp_path, change, field):
     change(document["annotations"][2])
     annotation_file = write_json(tmp_path / "bad.json", document)
     dataset = CocoDataset(annotation_file, tmp_path / "images")
-    with pytest.raises(SA1BFormatError) as error:
+    with pytest.raises(CocoFormatError) as error:
         dataset[0]
     assert error.value.field == f"annotations[2] (id 12).{field}"
 
@@ -385,7 +390,7 @@ def test_image_of_another_size_raises(tmp_path):
     document = coco_document()
     document["images"][1]["width"] = GW + 1  # the polygon of image 2 is still valid
     annotation_file = write_json(tmp_path / "a.json", document)
-    with pytest.raises(SA1BFormatError, match="height x width") as error:
+    with pytest.raises(CocoFormatError, match="height x width") as error:
         CocoDataset(annotation_file, tmp_path / "images")[1]
     assert "image_id 2" in error.value.field
 
@@ -454,7 +459,7 @@ def test_lvis_image_without_coco_url_raises(tmp_path):
     document = lvis_document()
     del document["images"][1]["coco_url"]
     annotation_file = write_json(tmp_path / "lvis.json", document)
-    with pytest.raises(SA1BFormatError, match="missing") as error:
+    with pytest.raises(CocoFormatError, match="missing") as error:
         LvisDataset(annotation_file, tmp_path / "images")
     assert error.value.field == "images[1].coco_url"
     # A COCO file read as LVIS uses file_name (LVIS v0.5 images have one).
@@ -471,7 +476,7 @@ def test_lvis_image_without_coco_url_raises(tmp_path):
 def test_item_passes_through_train_transform(coco):
     annotation_file, image_dir, _ = coco
     dataset = CocoDataset(annotation_file, image_dir)
-    transform = TrainTransform(image_size=64, max_masks=8)
+    transform = SampleTransform(image_size=64, max_masks=8)
     sample = transform(dataset[0], np.random.default_rng(0))
     assert sample["image"].shape == (3, 64, 64) and sample["image"].dtype == torch.uint8
     assert sample["original_size"] == (H, W)
@@ -489,7 +494,9 @@ def test_skip_bad_samples_skips_an_image_with_a_broken_annotation(tmp_path, capl
     document["annotations"][0]["segmentation"] = [[1, 2, 3, 4, 5, 6, 7]]  # odd
     annotation_file = write_json(tmp_path / "broken.json", document)
     dataset = CocoDataset(annotation_file, tmp_path / "images")
-    samples = SkipBadSamples(TrainSamples(dataset, TrainTransform(image_size=64, max_masks=8)))
+    samples = SkipBadSamples(
+        TransformedDataset(dataset, SampleTransform(image_size=64, max_masks=8))
+    )
     with caplog.at_level(logging.WARNING):
         sample = samples[0]
     assert samples.skipped == 1
@@ -512,7 +519,7 @@ def test_data_configs_match_the_dataset_arguments(name, cls):
     parameters = inspect.signature(cls).parameters
     for split in ("train", "val"):
         spec = config[split]
-        assert spec.kind == name
+        assert spec.get("kind", config.train.kind) == name  # a val spec inherits the kind
         assert OmegaConf.is_missing(spec, "annotations") and OmegaConf.is_missing(spec, "images")
         arguments = set(spec) - {"kind"}
         assert arguments <= set(parameters)

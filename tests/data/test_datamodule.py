@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sam_lightning.data.datamodule import SamDataModule, build_dataset
-from sam_lightning.data.sa1b import SA1BDataset
+from sam_lightning.data.sa1b_dataset import SA1BDataset
 from sam_lightning.data.synthetic import SyntheticShapes, write_sa1b
 
 
@@ -70,7 +70,17 @@ def test_bad_kind_in_spec_raises_naming_it():
     with pytest.raises(ValueError, match="'cityscapes'"):
         module.train_loader()
     with pytest.raises(ValueError, match="needs a 'kind'"):
-        make_datamodule(val={"num_images": 2}).val_loader()
+        make_datamodule(train={"num_images": 2}).train_loader()
+
+
+def test_val_spec_inherits_the_train_spec_of_its_kind():
+    train = {"kind": "synthetic", "num_images": 6, "image_size": 48, "seed": 4}
+    module = make_datamodule(train=train, val={"num_images": 2})
+    assert module.val_spec == {**train, "num_images": 2, "seed": 5}  # other images: seed + 1
+    module = make_datamodule(train=train, val={"kind": "synthetic", "num_images": 2, "seed": 9})
+    assert module.val_spec == {**train, "num_images": 2, "seed": 9}
+    other = {"kind": "sa1b", "roots": "/nowhere"}
+    assert make_datamodule(train=train, val=other).val_spec == other  # another kind: alone
 
 
 # ------------------------------------------------------------------------------ batches

@@ -17,7 +17,7 @@ from pycocotools import mask as mask_api
 from pycocotools.coco import COCO
 
 from sam_lightning.data.refcoco import DEFAULT_SPLIT_BY, RefCocoDataset, load_refs, refer_paths
-from sam_lightning.data.sa1b import SA1BFormatError
+from sam_lightning.file_io import RefCocoFormatError
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "evaluation"))
 from text_fixtures import REFCOCO_SCENES, malicious_refs, write_refcoco  # noqa: E402
@@ -99,7 +99,7 @@ def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
     sentinel = tmp_path / "ran"
     path = tmp_path / "refs(unc).p"
     path.write_bytes(malicious_refs(sentinel))
-    with pytest.raises(SA1BFormatError, match=r"refuses to load (posix|os)\.system") as error:
+    with pytest.raises(RefCocoFormatError, match=r"refuses to load (posix|os)\.system") as error:
         load_refs(path)
     assert error.value.file == str(path) and not sentinel.exists()
     pickle.loads(path.read_bytes())  # the plain unpickler runs it: the file is a real exploit
@@ -109,10 +109,10 @@ def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
 def test_a_pickle_of_other_objects_is_refused(tmp_path):
     path = tmp_path / "refs.p"
     path.write_bytes(pickle.dumps([{"ref_id": np.int64(1)}]))
-    with pytest.raises(SA1BFormatError, match="refuses to load numpy"):
+    with pytest.raises(RefCocoFormatError, match="refuses to load numpy"):
         load_refs(path)
     path.write_bytes(pickle.dumps({1, 2}, protocol=2))  # a set needs builtins.set
-    with pytest.raises(SA1BFormatError, match=r"refuses to load (__builtin__|builtins)\.set"):
+    with pytest.raises(RefCocoFormatError, match=r"refuses to load (__builtin__|builtins)\.set"):
         load_refs(path)
 
 
@@ -138,14 +138,14 @@ def ref(**changes):
         ([ref(sentences=[])], "refs[0].sentences", "non-empty list"),
         ([ref(sentences=[{"raw": "x"}])], "refs[0].sentences[0].sent", "expected a"),
         ([ref(sentences=[{"sent": "x", "sent_id": 1.5}])], "refs[0].sentences[0].sent_id", "int"),
-        ([ref(), ref(ann_id=1001)], "refs[1].ref_id", "repeats the ref_id of refs[0]"),
+        ([ref(), ref(ann_id=1001)], "refs[1].ref_id", "0 repeats the ref_id of refs[0]"),
     ],
 )
 def test_malformed_refs_name_the_field(tmp_path, refs, field, problem):
     for path in (tmp_path / "refs.p", tmp_path / "refs.json"):
         data = json.dumps(refs).encode() if path.suffix == ".json" else pickle.dumps(refs)
         path.write_bytes(data)
-        with pytest.raises(SA1BFormatError, match=re.escape(problem)) as error:
+        with pytest.raises(RefCocoFormatError, match=re.escape(problem)) as error:
             load_refs(path)
         assert (error.value.file, error.value.field) == (str(path), field)
 
@@ -153,12 +153,12 @@ def test_malformed_refs_name_the_field(tmp_path, refs, field, problem):
 def test_unreadable_refs_files(tmp_path):
     path = tmp_path / "refs(unc).p"
     path.write_bytes(pickle.dumps([ref()])[:-5])
-    with pytest.raises(SA1BFormatError, match="not a refs pickle") as error:
+    with pytest.raises(RefCocoFormatError, match="not a refs pickle") as error:
         load_refs(path)
     assert error.value.file == str(path)
     path = tmp_path / "refs.json"
     path.write_text("[{")
-    with pytest.raises(SA1BFormatError, match="not valid JSON"):
+    with pytest.raises(RefCocoFormatError, match="not valid JSON"):
         load_refs(path)
     with pytest.raises(FileNotFoundError, match="refs file not found"):
         load_refs(tmp_path / "absent.p")
@@ -179,7 +179,7 @@ def write_refs(layout: Path, refs: list) -> Path:
 )
 def test_refs_that_do_not_match_the_instances_name_the_ref(layout, change, field, problem):
     path = write_refs(layout, [ref(**change)])
-    with pytest.raises(SA1BFormatError, match=problem) as error:
+    with pytest.raises(RefCocoFormatError, match=problem) as error:
         open_split(layout)
     assert (error.value.file, error.value.field) == (str(path), field)
 
@@ -194,13 +194,17 @@ def test_malformed_instances_name_the_field(layout):
         ({**document, "images": [{"id": 1, "width": "80"}]}, "images[0].width"),
     ]:
         instances.write_text(json.dumps(broken))
-        with pytest.raises(SA1BFormatError) as error:
+        with pytest.raises(RefCocoFormatError) as error:
             open_split(layout)
         assert (error.value.file, error.value.field) == (str(instances), field)
+    instances.write_text('{"images": [')
+    with pytest.raises(RefCocoFormatError, match="not valid JSON") as error:
+        open_split(layout)
+    assert (error.value.file, error.value.field) == (str(instances), "")
     document["annotations"][0]["segmentation"] = [[1, 2, 3]]
     instances.write_text(json.dumps(document))
     dataset = open_split(layout)
-    with pytest.raises(SA1BFormatError, match="odd number of coordinates") as error:
+    with pytest.raises(RefCocoFormatError, match="odd number of coordinates") as error:
         dataset[0]
     assert error.value.field == "annotations[0] (id 1000).segmentation[0]"
 
@@ -212,7 +216,7 @@ def test_missing_or_wrongly_sized_images(layout):
     with pytest.raises(FileNotFoundError, match="of image_id 1 in"):
         dataset[0]
     Image.fromarray(np.zeros((10, 12, 3), dtype=np.uint8)).save(path)
-    with pytest.raises(SA1BFormatError, match=r"\[64, 80\] but the image .* is 10 x 12"):
+    with pytest.raises(RefCocoFormatError, match=r"\[64, 80\] but the image .* is 10 x 12"):
         dataset[0]
     assert len(dataset.read_refs(0)) == 2  # the refs need no image
     with pytest.raises(FileNotFoundError, match="image directory not found"):

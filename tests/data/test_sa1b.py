@@ -17,15 +17,14 @@ from PIL import Image
 
 from sam_lightning.data import sa1b
 from sam_lightning.data.sa1b import (
-    SA1BDataset,
     SA1BFormatError,
     annotation_id,
-    decode_masks,
     make_sa1b_document,
     read_sa1b_json,
     sa1b_image_id,
     write_sa1b_json,
 )
+from sam_lightning.data.sa1b_dataset import SA1BDataset, decode_masks
 from sam_lightning.ops import rle_decompress, rle_encode
 
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from sam_lightning.data.sa1b import SA1BDataset, decode_masks
+from sam_lightning.data.sa1b_dataset import SA1BDataset, decode_masks
 from sam_lightning.data.synthetic import SyntheticShapes, write_sa1b
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from sam_lightning import SamPredictor, build_sam
 from sam_lightning.evaluation import instances, lvis_compat
+from sam_lightning.evaluation.settings import EvalJob
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
@@ -206,7 +207,7 @@ def dataset(request, tmp_path_factory):
 def test_ap_equals_the_reference_on_the_saved_predictions(model, dataset, tmp_path):
     fmt, document, detections, data = dataset
     metrics = instances.run_from_config(
-        lambda: model, {"task": f"instances_{fmt}"}, data, tmp_path, "cpu", progress=False
+        EvalJob(lambda: model, {"task": f"instances_{fmt}"}, data, tmp_path, "cpu", progress=False)
     )
     path = tmp_path / "predictions.json"
     predictions = json.loads(path.read_text())
@@ -244,7 +245,9 @@ def test_ap_equals_the_reference_on_the_saved_predictions(model, dataset, tmp_pa
 def test_max_images_and_empty_images(model, dataset, tmp_path):
     fmt, document, _, data = dataset
     metrics = instances.run_from_config(
-        lambda: model, {"max_images": 3, "boxes_per_batch": 2}, data, tmp_path, "cpu", False
+        EvalJob(
+            lambda: model, {"max_images": 3, "boxes_per_batch": 2}, data, tmp_path, "cpu", False
+        )
     )
     predictions = json.loads((tmp_path / "predictions.json").read_text())
     first = [image["id"] for image in document["images"][:3]]
@@ -262,11 +265,15 @@ def test_bad_inputs_fail_before_the_model_is_built(dataset, tmp_path):
         raise AssertionError("the model was built before the data were checked")
 
     with pytest.raises(FileNotFoundError, match="image files not found"):
-        instances.run_from_config(get_model, {}, {**data, "images": str(tmp_path)}, tmp_path, "cpu")
+        instances.run_from_config(
+            EvalJob(get_model, {}, {**data, "images": str(tmp_path)}, tmp_path, "cpu")
+        )
     (tmp_path / "bad.json").write_text(json.dumps([{"image_id": 10, "bbox": [1, 2, 3, 4]}]))
     with pytest.raises(ValueError, match="category_id"):
         instances.run_from_config(
-            get_model, {}, {**data, "detections": str(tmp_path / "bad.json")}, tmp_path, "cpu"
+            EvalJob(
+                get_model, {}, {**data, "detections": str(tmp_path / "bad.json")}, tmp_path, "cpu"
+            )
         )
-    with pytest.raises(ValueError, match="unknown eval settings"):
-        instances.run_from_config(get_model, {"refinement": False}, data, tmp_path, "cpu")
+    with pytest.raises(ValueError, match="unknown setting"):
+        instances.run_from_config(EvalJob(get_model, {"refinement": False}, data, tmp_path, "cpu"))

@@ -15,11 +15,16 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from scipy import ndimage
 
+from sam_lightning.data.samples import SampleTransform, collate
+from sam_lightning.data.synthetic import SyntheticShapes
 from sam_lightning.evaluation import points
+from sam_lightning.evaluation.settings import EvalJob
+from sam_lightning.inference.clicks import corrective_clicks, interior_points
 from sam_lightning.inference.predictor import SamPredictor
 from sam_lightning.modeling.build import build_sam
 from sam_lightning.ops import rle_encode
-from sam_lightning.training.evaluation import corrective_clicks, interior_points
+from sam_lightning.training.module import SamTrainingModule
+from sam_lightning.training.validation import corrective_click_ious
 
 # ------------------------------------------------------------------------ the definition
 
@@ -180,6 +185,48 @@ def test_session_rejects_bad_arguments(predictor):
         points.simulate_clicks(predictor, gt[:, :10], num_clicks=1)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to")  # self.log without a Trainer
+def test_training_validation_reports_the_harness_miou():
+    """The same random-weight SAM and synthetic images through the training validation
+    (``SamTrainingModule.validation_step``: ``val/miou_1pt`` and ``val/miou_<k>clicks``) and
+    through this harness (:func:`points.evaluate_points`: ``miou_<k>pt``) give every object
+    the same IoU after every click, so the same mIoU after k clicks. The images are of the
+    model's input size, so that the validation's frame (the padded input) and the harness's
+    (the original image) are one."""
+    size, clicks = 64, 5
+    torch.manual_seed(0)
+    module = SamTrainingModule("vit_nano", image_size=size, val_clicks=clicks).eval()
+    dataset = SyntheticShapes(3, image_size=size, seed=3)
+    transform = SampleTransform(image_size=size, max_masks=1000, max_mask_fraction=1.0)
+    validation: dict[int, torch.Tensor] = {}  # annotation id: IoU after each click
+    for index in range(len(dataset)):
+        batch = collate([transform(dataset[index], np.random.default_rng(index))])
+        module.validation_step(batch, batch_index=1)  # not 0: no example images to log
+        with torch.no_grad():
+            embeddings = module.model.encode_images(batch["images"])
+        ious = corrective_click_ious(
+            module.model, embeddings, batch["masks"], batch["image_index"], clicks
+        )
+        validation.update(zip(batch["annotation_ids"].tolist(), ious))
+    logged = [
+        module.val_ious[f"{k}clicks" if k > 1 else "1pt"].compute().item()
+        for k in range(1, clicks + 1)
+    ]
+
+    metrics, records = points.evaluate_points(
+        SamPredictor(module.model), dataset, num_clicks=range(1, clicks + 1), progress=False
+    )
+    harness = {r["gt_id"]: torch.tensor(r["ious"]) for r in records}
+    assert sorted(harness) == sorted(validation) and metrics["num_objects"] == len(validation)
+    for gt_id, ious in harness.items():  # float32 in training: the same IoU, rounded
+        assert torch.equal(ious.float(), validation[gt_id]), gt_id
+    reported = [metrics[f"miou_{k}pt"] for k in range(1, clicks + 1)]
+    assert logged == pytest.approx(reported, abs=1e-6)
+    # every click changes the mIoU: a click skipped or misplaced on one side would show
+    assert all(abs(a - b) > 1e-5 for a, b in zip(reported, reported[1:]))
+    assert {label for r in records for *_, label in r["clicks"][1:]} == {0, 1}
+
+
 # ------------------------------------------------------------------- dataset and metrics
 
 
@@ -280,7 +327,7 @@ def test_metrics_equal_a_recomputation_from_the_saved_predictions(tmp_path, pred
     data = {"format": kind, "images": str(tmp_path / "data"), "annotations": str(annotations)}
     settings = {"task": f"points_{kind}", "num_clicks": NUM_CLICKS, "objects_per_batch": 2}
     metrics = points.run_from_config(
-        lambda: predictor.model, settings, data, tmp_path / "out", "cpu", progress=False
+        EvalJob(lambda: predictor.model, settings, data, tmp_path / "out", "cpu", progress=False)
     )
     expected = recomputed_metrics(annotations, tmp_path / "out" / "predictions.json")
     assert expected["num_objects"] == 7
@@ -302,7 +349,14 @@ def test_batch_size_does_not_change_the_clicks(tmp_path, predictor):
     for batch in (1, 64):
         settings = {"num_clicks": [3], "objects_per_batch": batch}
         points.run_from_config(
-            lambda: predictor.model, settings, data, tmp_path / str(batch), "cpu", progress=False
+            EvalJob(
+                lambda: predictor.model,
+                settings,
+                data,
+                tmp_path / str(batch),
+                "cpu",
+                progress=False,
+            )
         )
         runs.append(json.loads((tmp_path / str(batch) / "predictions.json").read_text()))
     one, together = runs
@@ -351,8 +405,10 @@ def test_bad_settings_are_reported(tmp_path, predictor):
     annotations = write_dataset(tmp_path)
     data = {"images": str(tmp_path), "annotations": str(annotations)}
     with pytest.raises(ValueError, match="num_clicks must be"):
-        points.run_from_config(lambda: predictor.model, {"num_clicks": [0]}, data, tmp_path, "cpu")
+        points.run_from_config(
+            EvalJob(lambda: predictor.model, {"num_clicks": [0]}, data, tmp_path, "cpu")
+        )
     with pytest.raises(ValueError, match="data.format must be one of"):
         points.run_from_config(
-            lambda: predictor.model, {}, {**data, "format": "voc"}, tmp_path, "cpu"
+            EvalJob(lambda: predictor.model, {}, {**data, "format": "voc"}, tmp_path, "cpu")
         )

@@ -17,6 +17,7 @@ from test_coco_metrics import reference_eval
 
 from sam_lightning import build_sam
 from sam_lightning.evaluation import coco_metrics, proposals
+from sam_lightning.evaluation.settings import EvalJob
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
 import localising_decoder  # noqa: E402
@@ -92,7 +93,9 @@ def dataset(request, tmp_path_factory):
 def test_ar_equals_cocoeval_on_the_saved_predictions(model, dataset, tmp_path):
     fmt, document, data = dataset
     settings = {"task": "proposals_lvis", **SMALL, "max_proposals": 120}
-    metrics = proposals.run_from_config(lambda: model, settings, data, tmp_path, "cpu", False)
+    metrics = proposals.run_from_config(
+        EvalJob(lambda: model, settings, data, tmp_path, "cpu", False)
+    )
     predictions_path = tmp_path / "predictions.json"
     predictions = json.loads(predictions_path.read_text())
     per_image = np.bincount([p["image_id"] for p in predictions])
@@ -120,7 +123,9 @@ def test_ar_equals_cocoeval_on_the_saved_predictions(model, dataset, tmp_path):
 def test_max_images_evaluates_the_first_images(model, dataset, tmp_path):
     _, document, data = dataset
     settings = {**SMALL, "max_images": 2}
-    metrics = proposals.run_from_config(lambda: model, settings, data, tmp_path, "cpu", False)
+    metrics = proposals.run_from_config(
+        EvalJob(lambda: model, settings, data, tmp_path, "cpu", False)
+    )
     predictions = json.loads((tmp_path / "predictions.json").read_text())
     first = [image["id"] for image in document["images"][:2]]
     assert sorted({p["image_id"] for p in predictions}) == first
@@ -134,11 +139,15 @@ def test_bad_data_fails_before_the_model_is_built(dataset, tmp_path):
         raise AssertionError("the model was built before the data were checked")
 
     with pytest.raises(FileNotFoundError, match="image files not found"):
-        proposals.run_from_config(get_model, {}, {**data, "images": str(tmp_path)}, tmp_path, "cpu")
-    with pytest.raises(ValueError, match="unknown eval settings"):
-        proposals.run_from_config(get_model, {"points_per_sid": 8}, data, tmp_path, "cpu")
+        proposals.run_from_config(
+            EvalJob(get_model, {}, {**data, "images": str(tmp_path)}, tmp_path, "cpu")
+        )
+    with pytest.raises(ValueError, match="unknown setting"):
+        proposals.run_from_config(EvalJob(get_model, {"points_per_sid": 8}, data, tmp_path, "cpu"))
     with pytest.raises(ValueError, match="data.format"):
-        proposals.run_from_config(get_model, {}, {**data, "format": "voc"}, tmp_path, "cpu")
+        proposals.run_from_config(
+            EvalJob(get_model, {}, {**data, "format": "voc"}, tmp_path, "cpu")
+        )
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from sam_lightning.evaluation.edges import (
     run_from_config,
     sobel_magnitude,
 )
+from sam_lightning.evaluation.settings import EvalJob
 from sam_lightning.modeling.build import build_sam
 
 CONFIG = Path(__file__).parents[2] / "conf" / "eval" / "edges_bsds.yaml"
@@ -127,7 +128,7 @@ def test_run_from_config_writes_maps_that_reevaluate_to_the_same_scores(sam, bsd
 
     data = {"root": str(bsds_root), "split": "test"}
     out = tmp_path / "run"
-    metrics = run_from_config(get_model, small_config(), data, out, "cpu", progress=False)
+    metrics = run_from_config(EvalJob(get_model, small_config(), data, out, "cpu", progress=False))
     assert len(calls) == 1
     assert set(metrics) >= {"ods", "ois", "ap", "r50"} and 0 < metrics["ods"] <= 1
     for name in ("12003", "2018"):
@@ -140,10 +141,8 @@ def test_run_from_config_writes_maps_that_reevaluate_to_the_same_scores(sam, bsd
     def no_model():
         raise AssertionError("edges_from must not build the model")
 
-    again = run_from_config(
-        no_model, small_config(edges_from=str(out / "edges")), data, tmp_path / "again", "cpu",
-        progress=False,
-    )  # fmt: skip
+    settings = small_config(edges_from=str(out / "edges"))
+    again = run_from_config(EvalJob(no_model, settings, data, tmp_path / "again", "cpu", False))
     assert again.keys() == metrics.keys()
     assert all(
         a == b or (math.isnan(a) and math.isnan(b))
@@ -172,12 +171,16 @@ def test_edges_from_errors_name_the_file(bsds_root, tmp_path):
     edge_dir.mkdir()
     Image.fromarray(np.zeros((48, 64), np.uint8)).save(edge_dir / "12003.png")
     with pytest.raises(FileNotFoundError, match="2018.png"):
-        run_from_config(None, small_config(edges_from=str(edge_dir)), data, tmp_path, "cpu", False)
+        run_from_config(
+            EvalJob(None, small_config(edges_from=str(edge_dir)), data, tmp_path, "cpu", False)
+        )
     Image.fromarray(np.zeros((40, 64), np.uint8)).save(edge_dir / "2018.png")
     with pytest.raises(ValueError, match=r"2018.png is 40 x 64 but the ground truth of 2018"):
-        run_from_config(None, small_config(edges_from=str(edge_dir)), data, tmp_path, "cpu", False)
+        run_from_config(
+            EvalJob(None, small_config(edges_from=str(edge_dir)), data, tmp_path, "cpu", False)
+        )
     with pytest.raises(ValueError, match="needs data.root"):
-        run_from_config(None, small_config(), {"root": "???"}, tmp_path, "cpu", False)
+        run_from_config(EvalJob(None, small_config(), {"root": "???"}, tmp_path, "cpu", False))
 
 
 def test_config_has_the_papers_settings():

@@ -21,8 +21,14 @@ from PIL import Image
 from pycocotools import mask as mask_api
 from pycocotools.coco import COCO
 
-from sam_lightning.data.sa1b import SA1BFormatError
 from sam_lightning.evaluation import text
+from sam_lightning.evaluation.settings import EvalJob
+from sam_lightning.evaluation.text_harness import evaluate_text
+from sam_lightning.evaluation.text_metrics import category_giou, text_metrics
+from sam_lightning.evaluation.text_queries import open_coco_queries
+from sam_lightning.file_io import CocoFormatError
+from sam_lightning.settings.evaluate import TextCocoSettings, TextRefcocoSettings
+from sam_lightning.settings.schema import defaults
 
 # pycocotools 2.0.x's decode passes copy=False to NumPy 2's __array__: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -43,7 +49,7 @@ def fake(monkeypatch) -> tf.ColourPredictor:
 def run(settings: dict, data: dict, out: Path) -> tuple[dict, list[dict]]:
     """``run_from_config`` with the stand-in; returns the metrics and the saved records."""
     metrics = text.run_from_config(
-        lambda: None, {**CLIP, **settings}, data, out, "cpu", progress=False
+        EvalJob(lambda: None, {**CLIP, **settings}, data, out, "cpu", progress=False)
     )
     return metrics, json.loads((out / "predictions.json").read_text())
 
@@ -143,7 +149,7 @@ def test_coco_queries_metrics_equal_the_direct_computation(tmp_path, fake):
         },
         abs=1e-12,
     )
-    assert text.text_metrics(records, per_category=True) == pytest.approx(
+    assert text_metrics(records, per_category=True) == pytest.approx(
         {**expected, **per_category}, abs=1e-12
     )
     chosen = set()
@@ -212,8 +218,8 @@ def test_metrics_of_hand_made_records():
         {"iou": 0.25, "intersection": 10, "union": 40, "gt_area": 30, "category_id": 1},
         {"iou": 0.9, "intersection": 9000, "union": 10000, "gt_area": 9500, "category_id": 2},
     ]
-    assert text.category_giou(records) == {1: 0.375, 2: 0.9}
-    assert text.text_metrics(records, per_category=True) == pytest.approx(
+    assert category_giou(records) == {1: 0.375, 2: 0.9}
+    assert text_metrics(records, per_category=True) == pytest.approx(
         {
             "num_queries": 3,
             "giou": 1.65 / 3,
@@ -229,9 +235,7 @@ def test_metrics_of_hand_made_records():
             "giou_category_mean": (0.375 + 0.9) / 2,
         }
     )
-    assert text.text_metrics([]) == {
-        f"num_queries{s}": 0 for s in ("", "_small", "_medium", "_large")
-    }
+    assert text_metrics([]) == {f"num_queries{s}": 0 for s in ("", "_small", "_medium", "_large")}
 
 
 # ----------------------------------------------------------------------- text_refcoco
@@ -254,7 +258,7 @@ def test_refcoco_metrics_equal_the_direct_computation(tmp_path, fake):
     assert metrics == pytest.approx(
         {**expected, "num_images": 2, "num_skipped_empty": 2}, abs=1e-12
     )
-    assert text.text_metrics(records) == pytest.approx(expected, abs=1e-12)
+    assert text_metrics(records) == pytest.approx(expected, abs=1e-12)
     assert metrics["giou"] > 0.5  # the stand-in finds the colour each sentence names
 
 
@@ -284,12 +288,16 @@ def test_refcoco_from_explicit_files(tmp_path, fake):
         (
             {"task": "text_coco", "num_clicks": [1]},
             {},
-            r"text_coco: unknown eval settings \['num_clicks'\]",
+            r"text_coco: eval.num_clicks: unknown setting",
         ),
         ({"task": "text_coco", "prompt_template": "a photo"}, {}, "exactly one {}"),
         ({"task": "text_coco", "prompt_template": "{} {}"}, {}, "exactly one {}"),
         ({"task": "text_coco", "clip": {"path": None}}, {}, "eval.clip must be"),
-        ({"task": "text_refcoco", "clip": {"path": "x", "dim": 8}}, {}, "eval.clip must be"),
+        (
+                {"task": "text_refcoco", "clip": {"path": "x", "dim": 8}},
+                {},
+                r"eval.clip.dim: unknown setting \(known: path\)",
+            ),
         ({"task": "text_coco"}, {"format": "voc"}, "data.format must be one of"),
         ({"task": "text_coco", "queries_per_batch": 0}, {}, "queries_per_batch must be at least 1"),
         ({"task": "text_voc"}, {}, "unknown task 'text_voc'"),
@@ -309,12 +317,12 @@ def test_bad_categories_name_the_file_and_field(tmp_path, fake):
     for categories, field in [(None, "categories"), ([{"id": 1}], "categories[0].name")]:
         path.write_text(json.dumps({**document, "categories": categories}))
         with pytest.raises(
-            SA1BFormatError, match="text queries need the names|expected a name"
+            CocoFormatError, match="text queries need the names|expected a name"
         ) as error:
             run({"task": "text_coco"}, data, tmp_path / "out")
         assert (error.value.file, error.value.field) == (str(path), field)
     path.write_text(json.dumps({**document, "categories": document["categories"][1:]}))
-    with pytest.raises(SA1BFormatError, match="1 is not in the file's categories") as error:
+    with pytest.raises(CocoFormatError, match="1 is not in the file's categories") as error:
         run({"task": "text_coco"}, data, tmp_path / "out")
     assert error.value.field == "annotation id 100.category_id"
 
@@ -355,8 +363,8 @@ def test_real_predictor_records_equal_single_text_predictions(tmp_path, tiny_cli
     pixel whose logit is ~0)."""
     data = coco_data(tmp_path / "data")
     predictor = text.text_predictor(lambda: text_model, str(tiny_clip), "cpu")
-    queries = text.open_coco_queries({**text.DEFAULTS["text_coco"]}, data)
-    metrics, records = text.evaluate_text(predictor, queries, queries_per_batch=4, progress=False)
+    queries = open_coco_queries(defaults(TextCocoSettings), data)
+    metrics, records = evaluate_text(predictor, queries, queries_per_batch=4, progress=False)
     assert metrics["num_queries"] == len(records) == 6
     for record in records:
         predictor.set_image(image_of(tmp_path / "data", record["image_id"]))
@@ -374,7 +382,7 @@ def compose_config(*overrides: str) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from sam_lightning._config import config_dir
+    from sam_lightning.entry_points import config_dir
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("evaluate", overrides=list(overrides))
@@ -387,12 +395,12 @@ def test_the_configs_set_the_text_projection():
     assert config["eval"]["clip"] == {"path": "???"}
     assert config["eval"] == {
         "task": "text_coco",
-        **text.DEFAULTS["text_coco"],
+        **defaults(TextCocoSettings),
         "clip": {"path": "???"},
     }
     config = compose_config("model=vit_b", "+eval=text_refcoco", "model.text_embed_dim=16")
     assert config["model"]["type"] == "vit_b" and config["model"]["text_embed_dim"] == 16
-    assert set(config["eval"]) == {"task", *text.DEFAULTS["text_refcoco"]}
+    assert set(config["eval"]) == {"task", *defaults(TextRefcocoSettings)}
     assert config["data"]["split"] == "val" and config["data"]["dataset"] == "refcoco"
 
 
@@ -429,7 +437,7 @@ def test_the_evaluate_command_end_to_end(tmp_path, tiny_clip, task):
     if task == "text_coco":
         expected.update(per_category)
     counts = {k: v for k, v in metrics.items() if k.startswith(("num_images", "num_skipped"))}
-    assert metrics == pytest.approx({**text.text_metrics(records, task == "text_coco"), **counts})
+    assert metrics == pytest.approx({**text_metrics(records, task == "text_coco"), **counts})
     assert metrics == pytest.approx({**expected, **counts}, abs=1e-12)
     assert counts["num_images"] == (4 if task == "text_coco" else 2)
 

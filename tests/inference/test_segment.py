@@ -12,6 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from sam_lightning import segment
+from sam_lightning.file_io import read_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
@@ -31,14 +32,14 @@ def run_ok(argv: list[str], capsys) -> tuple[str, str]:
     return captured.out, captured.err
 
 
-def test_points_and_boxes(scene, tmp_path, capsys):
+def test_points_and_boxes(scene, tmp_path, capsys, caplog):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     (out_dir / "mask_07.png").write_bytes(b"stale")
-    _, err = run_ok([str(scene), "--point", "30,30", "--point", "60,40,0",
+    run_ok([str(scene), "--point", "30,30", "--point", "60,40,0",
                      "--box", "10,10,60,60", "--box", "60.5,15,120,55",
                      "--model-type", "vit_tiny", "--output", str(out_dir)], capsys)
-    assert "random weights" in err and "sam_vit_b_01ec64.pth" in err
+    assert "random weights" in caplog.text and "sam_vit_b_01ec64.pth" in caplog.text
     document = json.loads((out_dir / "masks.json").read_text())
     records = document["masks"]
     assert [r["prompt"] for r in records] == [0, 1]  # two boxes, single mask each
@@ -159,7 +160,7 @@ def test_text_prompts(scene, tmp_path, capsys):
     assert document["texts"] == ["a red disc", "the square"]
     assert [m["prompt"] for m in document["masks"]] == [0, 0, 0, 1, 1, 1]
     predictor = segment.build_predictor("vit_tiny", checkpoint, "cpu", 64, clip_dir)
-    predictor.set_image(segment.load_image(scene))
+    predictor.set_image(read_image(scene))
     masks, scores, _ = predictor.predict(text="the square")
     for k in range(3):
         saved = document["masks"][3 + k]

@@ -50,7 +50,6 @@ OVERRIDES = [
     "data.train.num_images=8",
     "data.train.image_size=64",
     "data.val.num_images=2",
-    "data.val.image_size=64",
     "data.batch_size=2",
     "data.max_masks=3",
     "training.num_point_rounds=1",

@@ -17,10 +17,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from sam_lightning._config import config_dir, unset_settings
 from sam_lightning.data.synthetic import SyntheticShapes, write_sa1b
+from sam_lightning.entry_points import config_dir, unset_settings
 from sam_lightning.modeling.build import build_sam
 from sam_lightning.modeling.checkpoint import save_checkpoint
+from sam_lightning.settings.schema import defaults
+from sam_lightning.settings.train import TextSettings
 from sam_lightning.train import build_strategy, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "modeling"))
@@ -30,7 +32,7 @@ EXPERIMENTS = sorted(path.stem for path in (config_dir() / "exp").glob("*.yaml")
 
 SMALL_MODEL = ["model.type=vit_tiny", "model.image_size=64"]
 SHRINK = [
-    "model.activation_checkpointing=false",
+    "training.activation_checkpointing=false",
     "data.batch_size=2",
     "data.max_masks=3",
     "data.num_workers=0",
@@ -108,7 +110,7 @@ def data_overrides(config: dict, assets: dict) -> list[str]:
     if (config["training"].get("text") or {}).get("clip_path") == "???":
         overrides.append(f"training.text.clip_path={assets['clip']}")
     for split in ("train", "val"):
-        kind = config["data"][split]["kind"]
+        kind = config["data"][split].get("kind", config["data"]["train"]["kind"])
         if kind in ("coco", "lvis"):
             coco = assets[f"coco_{split}"]
             overrides += [f"data.{split}.{key}={value}" for key, value in coco.items()]
@@ -132,7 +134,7 @@ def test_paper_recipe_numbers():
     optim = config["optim"]
     assert optim["lr"] == 8e-4 and optim["weight_decay"] == 0.1 and optim["layer_decay"] == 0.8
     assert optim["milestones"] == [60000, 86666] and optim["warmup_steps"] == 250
-    assert config["trainer"]["max_steps"] == 90000 and config["model"]["drop_path_rate"] == 0.4
+    assert config["trainer"]["max_steps"] == 90000 and config["training"]["drop_path_rate"] == 0.4
     trainer = config["trainer"]
     assert trainer["num_nodes"] * trainer["devices"] * config["data"]["batch_size"] == 256
     assert config["data"]["max_masks"] == 64 and config["data"]["lsj"] is False
@@ -141,7 +143,7 @@ def test_paper_recipe_numbers():
 def test_text_recipe_numbers():
     """App. D.5 on top of the ViT-H recipe."""
     config = compose_experiment("text_sa1b_vit_h", "model.checkpoint=null")
-    text = config["training"]["text"]
+    text = {**defaults(TextSettings), **config["training"]["text"]}  # declared defaults
     assert text["min_mask_area"] == 100**2 and text["expand_range"] == [1.0, 2.0]
     assert text["zero_outside_probability"] == 0.5 and text["probability"] == 1.0
     assert config["model"]["type"] == "vit_h" and config["optim"]["milestones"] == [60000, 86666]
@@ -171,7 +173,7 @@ def test_experiment_trains_a_few_steps(name, assets, tmp_path):
         for key, value in official.items()
         if key.startswith("image_encoder.")
     )
-    assert encoder_unchanged == ("image_encoder" in config["model"]["frozen"])
+    assert encoder_unchanged == ("image_encoder" in config["training"]["frozen"])
 
 
 def test_fsdp_trainer_builds_an_fsdp_strategy():

@@ -15,8 +15,10 @@ from PIL import Image
 
 from sam_lightning import ops
 from sam_lightning.data import SA1BDataset
-from sam_lightning.data.sa1b import annotation_id, decode_masks, sa1b_image_id, write_atomic
+from sam_lightning.data.sa1b import annotation_id, sa1b_image_id
+from sam_lightning.data.sa1b_dataset import decode_masks
 from sam_lightning.data.synthetic import SyntheticShapes
+from sam_lightning.file_io import write_atomic
 from sam_lightning.modeling.build import build_sam
 from sam_lightning.modeling.checkpoint import save_checkpoint
 from sam_lightning.train import train
@@ -130,7 +132,7 @@ def test_retraining_trains_two_steps(folders, tmp_path):
         f"data.train.roots={folders['train']['output']}",
         f"data.train.image_root={folders['train']['images']}",
         f"data.val.roots={folders['val']['output']}",
-        f"data.val.image_root={folders['val']['images']}",
+        f"+data.val.image_root={folders['val']['images']}",
     )
     assert config["model"]["type"] == "vit_tiny" and config["data"]["train"]["kind"] == "sa1b"
     metrics = train(config, tmp_path)

@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sam_lightning._config import config_dir
+from sam_lightning.entry_points import config_dir
 from sam_lightning.train import train
 from sam_lightning.training.module import SamTrainingModule
 

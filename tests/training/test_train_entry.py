@@ -13,9 +13,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sam_lightning._config import config_dir
+from sam_lightning.entry_points import config_dir
+from sam_lightning.inference.clicks import interior_points
 from sam_lightning.train import train
-from sam_lightning.training.evaluation import interior_points
 
 TINY = [
     "+exp=demo",
@@ -23,7 +23,6 @@ TINY = [
     "data.train.num_images=4",
     "data.train.image_size=64",
     "data.val.num_images=2",
-    "data.val.image_size=64",
     "data.batch_size=2",
     "data.max_masks=3",
     "training.num_point_rounds=2",

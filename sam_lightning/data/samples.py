@@ -1,6 +1,7 @@
-"""Dataset items to training samples: resize (optionally large-scale jitter), pad, pick masks.
+"""Dataset items to the samples of training and validation: resize (optionally large-scale
+jitter), pad, pick masks.
 
-A training sample lives in the model's input frame: the image resized so that its longest side
+A sample lives in the model's input frame: the image resized so that its longest side
 is ``image_size`` (PIL bilinear, as :class:`sam_lightning.transforms.ResizeLongestSide` does for
 the predictor) and zero-padded at the bottom and right to ``image_size`` x ``image_size``. The
 image stays uint8; ``Sam.preprocess`` normalises it (and pads nothing more).
@@ -32,15 +33,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sam_lightning.data.sa1b import decode_masks
+from sam_lightning.data.sa1b_dataset import decode_masks
 from sam_lightning.ops import rle_area, rle_to_bbox
 from sam_lightning.transforms import ResizeLongestSide
 
 log = logging.getLogger(__name__)
 
 
-class TrainSample(TypedDict):
-    """One training sample (S = ``image_size``, K = the number of masks kept)."""
+class Sample(TypedDict):
+    """One sample of training or validation (S = ``image_size``, K = the number of masks kept)."""
 
     image: torch.Tensor  # 3 x S x S uint8, the image at the top left, zeros elsewhere
     masks: torch.Tensor  # K x S x S bool, in the same frame
@@ -56,9 +57,9 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 @dataclass(frozen=True)
-class TrainTransform:
+class SampleTransform:
     """Turns a dataset item (``image`` H x W x 3 uint8, ``annotations`` with COCO RLEs, as
-    :class:`~sam_lightning.data.sa1b.SA1BDataset` yields) into a :class:`TrainSample`.
+    :class:`~sam_lightning.data.sa1b_dataset.SA1BDataset` yields) into a :class:`Sample`.
 
     Args:
         image_size: S, the side of the square model input (SAM: 1024).
@@ -85,7 +86,7 @@ class TrainTransform:
         if not 0 < low <= high:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {self.scale_range}")
 
-    def __call__(self, item: Mapping[str, Any], rng: np.random.Generator) -> TrainSample:
+    def __call__(self, item: Mapping[str, Any], rng: np.random.Generator) -> Sample:
         image = np.asarray(item["image"])
         height, width = image.shape[:2]
         size = self.image_size
@@ -190,8 +191,8 @@ def _resize_crop_image(
     return np.array(pil.resize((crop_w, crop_h), Image.BILINEAR, box=box))
 
 
-def collate(samples: Sequence[TrainSample]) -> dict[str, Any]:
-    """Batches :class:`TrainSample` dicts (B images, P masks in all).
+def collate(samples: Sequence[Sample]) -> dict[str, Any]:
+    """Batches :class:`Sample` dicts (B images, P masks in all).
 
     Returns:
         ``images`` B x 3 x S x S uint8; ``masks`` P x S x S bool (every sample's masks in
@@ -212,7 +213,7 @@ def collate(samples: Sequence[TrainSample]) -> dict[str, Any]:
     }
 
 
-#: A key of :class:`TrainSamples`: an item index, or ``(item index, pass)``.
+#: A key of :class:`TransformedDataset`: an item index, or ``(item index, pass)``.
 SampleKey = int | tuple[int, int]
 
 
@@ -224,8 +225,8 @@ def split_key(key: SampleKey, default_pass: int = 0) -> tuple[int, int]:
     return int(key), default_pass
 
 
-class TrainSamples:
-    """A dataset of :class:`TrainSample` s: key ``(index, pass)`` is
+class TransformedDataset:
+    """A dataset of :class:`Sample` s: key ``(index, pass)`` is
     ``transform(dataset[index], sample_rng(seed, pass, index))``; a plain ``index`` means
     ``(index, epoch)``. Keys are pure: DataLoader workers give the same samples whatever
     their number.
@@ -234,7 +235,7 @@ class TrainSamples:
     def __init__(
         self,
         dataset: Any,
-        transform: Callable[[Mapping[str, Any], np.random.Generator], TrainSample],
+        transform: Callable[[Mapping[str, Any], np.random.Generator], Sample],
         seed: int = 0,
         epoch: int = 0,
     ) -> None:
@@ -243,7 +244,7 @@ class TrainSamples:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: SampleKey) -> TrainSample:
+    def __getitem__(self, key: SampleKey) -> Sample:
         index, pass_index = split_key(key, self.epoch)
         return self.transform(self.dataset[index], sample_rng(self.seed, pass_index, index))
 
@@ -259,7 +260,7 @@ class SkipBadSamples:
     the next index (wrapping around). Raises RuntimeError after ``max_consecutive`` failures
     in a row. The count is per process: every DataLoader worker keeps its own.
 
-    Wrap the outermost dataset (``SkipBadSamples(TrainSamples(SA1BDataset(...), ...))``) so
+    Wrap the outermost dataset (``SkipBadSamples(TransformedDataset(SA1BDataset(...), ...))``) so
     that malformed RLEs, found only when masks are decoded, are skipped too."""
 
     def __init__(

@@ -1,5 +1,5 @@
-"""Validation metrics: the exact deepest pixel, corrective clicks and the mIoU after N
-clicks (batched decoding, mask feedback, click 1 = the 1-point metric)."""
+"""The click protocol's geometry (:mod:`sam_lightning.inference.clicks`): the exact deepest
+pixel against the brute-force distance transform, corrective clicks, and the mask IoU."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam_lightning.modeling.build import build_sam
-from sam_lightning.training import evaluation
-from sam_lightning.training.evaluation import (
-    corrective_click_ious,
+from sam_lightning.inference import clicks
+from sam_lightning.inference.clicks import (
     corrective_clicks,
     deepest_points,
     interior_points,
-    single_prompt_ious,
+    mask_iou,
 )
 
 
@@ -44,7 +42,7 @@ def first_argmax(values: torch.Tensor) -> tuple[int, int, int]:
 @pytest.mark.parametrize("shape", [(9, 13), (16, 16), (21, 7)])
 def test_deepest_points_match_the_brute_force_transform(shape, chunk, monkeypatch):
     """Also with chunks of a few candidates: pruning by the depth found so far."""
-    monkeypatch.setattr(evaluation, "_CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(clicks, "_CHUNK_ELEMENTS", chunk)
     generator = torch.Generator().manual_seed(sum(shape))
     density = torch.linspace(0.3, 1.0, 60)[:, None, None]
     masks = torch.rand(60, *shape, generator=generator) < density
@@ -125,101 +123,31 @@ def test_click_rules_ties_exclusions_and_perfect_masks():
     assert points[2].tolist() == [4, 4]  # the first of the depth-1 pixels left
 
 
-SIZE = 64  # input frame; low-resolution logits are 16×16
+def test_mask_iou_is_the_exact_ratio_in_float64():
+    pred = torch.zeros(3, 4, 5, dtype=torch.bool)
+    gt = torch.zeros_like(pred)
+    pred[0, :2] = True  # 10 pixels, 2 of them in the 4 of gt: 2 / 12
+    gt[0, :, 0] = True
+    pred[1, 0, 0], gt[1, 3, 4] = True, True  # disjoint: 0
+    iou = mask_iou(pred, gt)  # mask 2: both empty, 1
+    assert iou.dtype == torch.float64 and iou.tolist() == [2 / 12, 0.0, 1.0]
+    # ``...×H×W``, broadcast: K masks of each object against its ground truth
+    many = torch.stack([pred, gt, ~gt], dim=1)
+    expected = [[2 / 12, 1.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
+    assert mask_iou(many, gt[:, None]).tolist() == expected
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model = build_sam("vit_tiny", image_size=SIZE)
-    with torch.no_grad():
-        embeddings = model.encode_images(torch.rand(2, 3, SIZE, SIZE) * 255)
-    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
-    gt = torch.stack(
-        [
-            blob(SIZE, 8, 10, 30),
-            (yy - 40) ** 2 + (xx - 36) ** 2 < 15**2,
-            blob(SIZE, 40, 4, 12) | blob(SIZE, 4, 44, 14),
-        ]
-    )
-    return model, embeddings, gt, torch.tensor([0, 1, 0])
+def test_float32_ious_round_the_same_ratio():
+    """Training keeps float32 IoUs (validation metrics, the loss's IoU target): rounding the
+    float64 IoU gives exactly the float32 division of the pixel counts it always was."""
+    from sam_lightning.training.losses import mask_iou as loss_iou
 
-
-def test_corrective_click_ious_on_a_tiny_model(tiny, monkeypatch):
-    model, embeddings, gt, image_index = tiny
-    calls = []
-    decode = model.decode
-
-    def spy(embeddings, **kwargs):
-        logits, scores = decode(embeddings, **kwargs)
-        calls.append({**kwargs, "logits": logits, "scores": scores})
-        return logits, scores
-
-    monkeypatch.setattr(model, "decode", spy)
-    ious = corrective_click_ious(model, embeddings, gt, image_index, num_clicks=4)
-    assert ious.shape == (3, 4) and ious.dtype.is_floating_point
-    assert ((ious >= 0) & (ious <= 1)).all()
-    # one batched call per click; random weights leave every mask wrong
-    assert len(calls) == 4 and calls[0]["multimask_output"] and "mask_inputs" not in calls[0]
-    kept = calls[0]["logits"][torch.arange(3), calls[0]["scores"].argmax(1), None]
-    for n, call in enumerate(calls[1:], start=2):
-        assert call["point_coords"].shape == (3, n, 2) and not call["multimask_output"]
-        assert torch.equal(call["image_index"], image_index)
-        assert torch.equal(call["point_coords"][:, : n - 1], calls[n - 2]["point_coords"])
-        assert torch.equal(call["mask_inputs"], kept)  # the previous round's chosen logits
-        kept = call["logits"]
-    # click 2: the corrective click of the round-1 prediction, click 1 excluded
-    pred = F.interpolate(calls[1]["mask_inputs"], SIZE, mode="bilinear") > 0
-    clicked = torch.zeros_like(gt)
-    first = calls[0]["point_coords"][:, 0].long()
-    clicked[torch.arange(3), first[:, 1], first[:, 0]] = True
-    points, labels = corrective_clicks(pred[:, 0], gt, clicked)
-    assert torch.equal(calls[1]["point_coords"][:, 1], points.float())
-    assert torch.equal(calls[1]["point_labels"][:, 1], labels)
-    monkeypatch.undo()
-    one_point = single_prompt_ious(model, embeddings, gt, image_index)["1pt"]
-    torch.testing.assert_close(ious[:, 0], one_point)
-    assert torch.equal(ious[:, :2], corrective_click_ious(model, embeddings, gt, image_index, 2))
-
-
-class ScriptedModel:
-    """Returns given low-resolution logits, per call, for the masks it is asked about."""
-
-    mask_threshold = 0.0
-
-    def __init__(self, rounds: list[torch.Tensor]) -> None:
-        self.rounds, self.calls = rounds, []
-
-    def decode(self, embeddings, **kwargs):
-        rows = kwargs["image_index"]  # here: the mask's own index
-        logits = self.rounds[len(self.calls)][rows]
-        self.calls.append(kwargs)
-        k = 3 if kwargs["multimask_output"] else 1
-        scores = torch.zeros(len(rows), k)
-        scores[:, -1] = 1  # the last mask is the most confident
-        return logits[:, None].expand(-1, k, -1, -1), scores
-
-
-def block_logits(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-    """16×16 logits, positive on ``[y0, y1) × [x0, x1)``."""
-    logits = torch.full((16, 16), -10.0)
-    logits[y0:y1, x0:x1] = 10.0
-    return logits
-
-
-def test_a_mask_without_error_gets_no_more_clicks():
-    perfect = torch.stack([block_logits(4, 8, 4, 8), block_logits(2, 10, 2, 10)])
-    first = torch.stack([block_logits(4, 8, 4, 8), block_logits(4, 8, 4, 8)])
-    gt = F.interpolate(perfect[:, None], SIZE, mode="bilinear")[:, 0] > 0
-    pred = F.interpolate(first[1, None, None], SIZE, mode="bilinear")[0, 0] > 0
-    round1 = float((pred & gt[1]).sum() / (pred | gt[1]).sum())
-    model = ScriptedModel([first, perfect, perfect])
-    ious = corrective_click_ious(model, None, gt, torch.tensor([0, 1]), num_clicks=3)
-    assert ious.tolist() == [[1.0, 1.0, 1.0], [round1, 1.0, 1.0]] and round1 < 0.5
-    assert len(model.calls) == 2  # round 3: nothing left to correct
-    second = model.calls[1]
-    assert second["image_index"].tolist() == [1]  # mask 0 was already perfect
-    assert torch.equal(second["mask_inputs"], first[[1], None])
-    assert second["point_labels"].tolist() == [[1, 1]]
-    with pytest.raises(ValueError, match="num_clicks"):
-        corrective_click_ious(model, None, gt, torch.tensor([0, 1]), num_clicks=0)
+    generator = torch.Generator().manual_seed(0)
+    density = torch.rand(500, 1, 1, generator=generator)
+    logits = torch.randn(500, 37, 53, generator=generator) + density - 0.5
+    gt = torch.rand(500, 37, 53, generator=generator) < density
+    pred = logits > 0
+    old = (pred & gt).flatten(1).sum(1).float() / (pred | gt).flatten(1).sum(1)
+    assert torch.equal(mask_iou(pred, gt).float(), old)
+    assert torch.equal(loss_iou(logits, gt), old)
+    assert torch.equal(loss_iou(logits.bfloat16(), gt), old.bfloat16())

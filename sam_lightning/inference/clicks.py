@@ -1,5 +1,7 @@
-"""Validation prompts and metrics of training: mIoU after one point, after one box and
-after N corrective clicks (SAM paper App. D.1, the protocol of RITM).
+"""The corrective-click protocol of RITM and SAM (paper App. D.1) and the mask IoU, shared by
+the training validation (:mod:`sam_lightning.training.validation`: ``val/miou_1pt``,
+``val/miou_<k>clicks``) and the point-prompt harness (:mod:`sam_lightning.evaluation.points`),
+so that both report the same numbers on the same predictions.
 
 Clicks go to the pixel of a region farthest from its boundary: the maximum of the exact
 Euclidean distance transform, the distance to the nearest pixel outside the region, pixels
@@ -12,20 +14,39 @@ distance plus squared row offset) is computed only where that bound reaches the 
 depth found so far. The work is a few passes over the pixels plus, per candidate, a window
 as long as its depth: small for compact regions, more for wide regions at 45° (whose row
 and column distances exceed the depth). Everything runs batched on the masks' device.
+
+:func:`click_session` runs the whole protocol: click 1 is positive, at the most interior
+pixel of the mask (:func:`interior_points`), and the most confident of the 3 masks is kept;
+each later click is :func:`corrective_clicks` of the previous prediction, and the decoder gets
+every click so far and, as ``mask_inputs``, the previous round's kept low-resolution logits,
+and gives a single mask. A mask without an error pixel left to click gets no more clicks and
+keeps its IoU. The caller says how the model is run and in which frame masks are compared.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from sam_lightning.modeling.prompt_encoder import NEGATIVE, NOT_A_POINT, POSITIVE
-from sam_lightning.modeling.sam import Sam
-from sam_lightning.training.prompts import mask_boxes
 
 #: Elements of the ``candidates × window`` tensors of one exact-depth chunk.
 _CHUNK_ELEMENTS = 1 << 22
+
+#: ``decode(coords, labels, mask_inputs, rows) -> (low_res, scores)`` of :func:`click_session`.
+Decode = Callable[[Tensor, Tensor, Tensor | None, Tensor], tuple[Tensor, Tensor]]
+
+
+def mask_iou(pred: Tensor, gt: Tensor) -> Tensor:
+    """IoU of bool masks ``...×H×W`` (broadcast against each other), float64 (the exact
+    ratio rounded once; a caller that keeps float32 rounds that), 1 where both are empty."""
+    intersection = (pred & gt).flatten(-2).sum(-1)
+    union = (pred | gt).flatten(-2).sum(-1)
+    return torch.where(union > 0, intersection.double() / union.clamp(min=1), 1.0)
 
 
 def _line_distances(masks: Tensor) -> Tensor:
@@ -134,102 +155,72 @@ def corrective_clicks(
     return points, labels
 
 
-def _iou(pred: Tensor, gt: Tensor) -> Tensor:
-    intersection = (pred & gt).flatten(1).sum(1)
-    union = (pred | gt).flatten(1).sum(1)
-    return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
+@dataclass
+class Clicks:
+    """The clicks of :func:`click_session` on ``P`` masks and what they gave.
+
+    Attributes:
+        ious: ``P×N`` float64 :func:`mask_iou` after each of N clicks.
+        clicks: ``P×N×2`` long ``(x, y)`` pixels of the masks' frame.
+        labels: ``P×N`` long: 1 positive, 0 negative, -1 no click (nothing left to correct).
+        first_scores: ``P`` predicted IoU of the mask kept after click 1 (the most confident).
+        first_masks: ``P×H×W`` bool that mask, with ``keep_first`` (else None).
+        first_ious: ``P×K`` float64 IoU of each of the K masks after click 1 (the best is the
+            oracle of SAM §7.1), with ``keep_first`` (else None).
+    """
+
+    ious: Tensor
+    clicks: Tensor
+    labels: Tensor
+    first_scores: Tensor
+    first_masks: Tensor | None = None
+    first_ious: Tensor | None = None
 
 
-def _threshold(model: Sam, logits: Tensor, size: torch.Size) -> Tensor:
-    """Binary masks of ``P×1×h×w`` low-resolution logits upsampled to ``size``."""
-    upsampled = F.interpolate(logits, size, mode="bilinear", align_corners=False)
-    return upsampled[:, 0] > model.mask_threshold
-
-
-def _most_confident(low_res: Tensor, scores: Tensor) -> Tensor:
-    """``P×1×h×w`` logits of the mask with the highest predicted IoU."""
-    return low_res[torch.arange(len(low_res), device=low_res.device), scores.argmax(1), None]
-
-
-@torch.no_grad()
-def single_prompt_ious(
-    model: Sam, embeddings: Tensor, gt_masks: Tensor, image_index: Tensor
-) -> dict[str, Tensor]:
-    """IoU of the most confident of the 3 masks after one point at the most interior pixel
-    (:func:`interior_points`, ``1pt``) and after the tight box (``box``), for ``P×S×S``
-    masks in the padded input frame."""
-    size = gt_masks.shape[-2:]
-    prompts = {
-        "1pt": {
-            "point_coords": interior_points(gt_masks)[:, None].float(),
-            "point_labels": torch.ones(len(gt_masks), 1, dtype=torch.int, device=gt_masks.device),
-        },
-        "box": {"boxes": mask_boxes(gt_masks).float()},
-    }
-    ious = {}
-    for name, prompt in prompts.items():
-        low_res, scores = model.decode(
-            embeddings, multimask_output=True, image_index=image_index, **prompt
-        )
-        ious[name] = _iou(_threshold(model, _most_confident(low_res, scores), size), gt_masks)
-    return ious
-
-
-@torch.no_grad()
-def text_prompt_ious(
-    model: Sam, embeddings: Tensor, gt_masks: Tensor, image_index: Tensor, text: Tensor
-) -> Tensor:
-    """IoU of the most confident of the 3 masks for ``P×D`` CLIP embeddings alone (App.
-    D.5), for ``P×S×S`` masks in the padded input frame."""
-    low_res, scores = model.decode(
-        embeddings, multimask_output=True, image_index=image_index, text_embeddings=text
-    )
-    return _iou(_threshold(model, _most_confident(low_res, scores), gt_masks.shape[-2:]), gt_masks)
-
-
-@torch.no_grad()
-def corrective_click_ious(
-    model: Sam, embeddings: Tensor, gt_masks: Tensor, image_index: Tensor, num_clicks: int
-) -> Tensor:
-    """IoU after each of ``num_clicks`` simulated clicks (SAM App. D.1, RITM's protocol).
-
-    Click 1 is positive, at the most interior pixel of the mask; the most confident of the
-    3 masks is kept (as the ``1pt`` of :func:`single_prompt_ious`). Each later click is
-    :func:`corrective_clicks` of the previous prediction (the kept low-resolution logits
-    upsampled to the frame, thresholded); the decoder then gets all clicks so far and, as
-    ``mask_inputs``, the previous round's logits, and gives a single mask, as in the
-    training session. All masks are decoded in one call per round; a mask without an error
-    pixel left to click gets no more clicks and keeps its IoU.
+def click_session(
+    decode: Decode,
+    to_masks: Callable[[Tensor], Tensor],
+    gt_masks: Tensor,
+    num_clicks: int,
+    keep_first: bool = False,
+) -> Clicks:
+    """Runs the click protocol (module docstring) on ``P`` ground-truth masks: one batched
+    decoder call per click, for the masks that got a click. Run it under ``no_grad``.
 
     Args:
-        model: the SAM whose prompt encoder and mask decoder are run.
-        embeddings: ``B×C×h×w`` image embeddings.
-        gt_masks: ``P×S×S`` bool masks in the padded input frame.
-        image_index: ``P`` long, the embedding of each mask.
+        decode: ``decode(coords, labels, mask_inputs, rows)`` runs the prompt encoder and
+            mask decoder on masks ``rows`` (``P'`` long indices into ``gt_masks``) with
+            ``P'×n×2`` float ``coords`` in the masks' frame, ``P'×n`` long ``labels`` and
+            ``P'×1×h×w`` low-resolution ``mask_inputs``; None means click 1, which asks
+            for the 3 masks (``multimask_output``), later clicks for one. Returns the
+            ``P'×K×h×w`` low-resolution logits and ``P'×K`` predicted IoUs.
+        to_masks: ``B×K×h×w`` low-resolution logits to ``B×K×H×W`` bool masks in the frame
+            of ``gt_masks`` (upsampled, thresholded).
+        gt_masks: ``P×H×W`` bool ground-truth masks.
         num_clicks: clicks per mask, at least 1.
-
-    Returns:
-        ``P×num_clicks`` IoUs, column ``i`` after click ``i + 1``.
+        keep_first: also keep the first kept masks and the IoUs of all K first masks.
     """
     if num_clicks < 1:
         raise ValueError(f"num_clicks must be at least 1, got {num_clicks}")
     gt = gt_masks.bool()
-    size, device = gt.shape[-2:], gt.device
+    rows = torch.arange(len(gt), device=gt.device)
     points = interior_points(gt)
-    coords = points[:, None].float()
-    labels = torch.full((len(gt), 1), POSITIVE, device=device)
-    low_res, scores = model.decode(
-        embeddings,
-        point_coords=coords,
-        point_labels=labels,
-        multimask_output=True,
-        image_index=image_index,
-    )
-    mask_inputs = _most_confident(low_res, scores)
-    pred = _threshold(model, mask_inputs, size)
+    clicks = points[:, None]
+    labels = torch.full((len(gt), 1), POSITIVE, device=gt.device)
+    low_res, scores = decode(clicks.float(), labels, None, rows)
+    best = scores.argmax(1)
+    mask_inputs = low_res[rows, best, None]
+    first_masks = first_ious = None
+    if keep_first:
+        masks = to_masks(low_res)
+        first_ious = mask_iou(masks, gt[:, None])
+        pred = masks[rows, best]
+        first_masks = pred.clone()
+    else:
+        pred = to_masks(mask_inputs)[:, 0]
     clicked = torch.zeros_like(gt)
-    clicked[torch.arange(len(gt), device=device), points[:, 1], points[:, 0]] = True
-    ious = [_iou(pred, gt)]
+    clicked[rows, points[:, 1], points[:, 0]] = True
+    ious = [mask_iou(pred, gt)]
     for _ in range(1, num_clicks):
         points = torch.zeros_like(points)
         new_labels = torch.full_like(labels[:, 0], NOT_A_POINT)
@@ -238,20 +229,20 @@ def corrective_click_ious(
             points[wrong], new_labels[wrong] = corrective_clicks(
                 pred[wrong], gt[wrong], clicked[wrong]
             )
-        coords = torch.cat([coords, points[:, None].float()], dim=1)
+        clicks = torch.cat([clicks, points[:, None]], dim=1)
         labels = torch.cat([labels, new_labels[:, None]], dim=1)
         active = torch.nonzero(new_labels != NOT_A_POINT)[:, 0]
         if len(active):
             clicked[active, points[active, 1], points[active, 0]] = True
-            low_res, _ = model.decode(
-                embeddings,
-                point_coords=coords[active],
-                point_labels=labels[active],
-                mask_inputs=mask_inputs[active],
-                multimask_output=False,
-                image_index=image_index[active],
-            )
+            low_res, _ = decode(clicks[active].float(), labels[active], mask_inputs[active], active)
             mask_inputs[active] = low_res
-            pred[active] = _threshold(model, low_res, size)
-        ious.append(_iou(pred, gt))
-    return torch.stack(ious, dim=1)
+            pred[active] = to_masks(low_res)[:, 0]
+        ious.append(mask_iou(pred, gt))
+    return Clicks(
+        ious=torch.stack(ious, dim=1),
+        clicks=clicks,
+        labels=labels,
+        first_scores=scores[rows, best],
+        first_masks=first_masks,
+        first_ious=first_ious,
+    )

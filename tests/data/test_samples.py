@@ -7,15 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from sam_lightning.data import train_transforms
-from sam_lightning.data.synthetic import SyntheticShapes
-from sam_lightning.data.train_transforms import (
+from sam_lightning.data import samples as samples_module
+from sam_lightning.data.samples import (
+    SampleTransform,
     SkipBadSamples,
-    TrainSamples,
-    TrainTransform,
+    TransformedDataset,
     collate,
     sample_rng,
 )
+from sam_lightning.data.synthetic import SyntheticShapes
 from sam_lightning.ops import rle_encode
 from sam_lightning.transforms import ResizeLongestSide
 
@@ -67,7 +67,7 @@ def test_resize_and_pad_put_image_and_mask_where_computed(
     shape, box, size, expected_input, expected_box
 ) -> None:
     item = rectangle_item(*shape, box)
-    sample = TrainTransform(image_size=size)(item, sample_rng(0, 0, 0))
+    sample = SampleTransform(image_size=size)(item, sample_rng(0, 0, 0))
     image, masks = sample["image"], sample["masks"]
     assert image.shape == (3, size, size) and image.dtype == torch.uint8
     assert masks.shape == (1, size, size) and masks.dtype == torch.bool
@@ -94,7 +94,7 @@ def test_resize_and_pad_put_image_and_mask_where_computed(
 def test_fixed_lsj_scale_lands_where_computed() -> None:
     # scale 0.5: 300 x 450 -> 50 x 75 (scale 1/6); rows 30:90 -> 5:15, cols 60:150 -> 10:25.
     item = rectangle_item(300, 450, (30, 90, 60, 150))
-    transform = TrainTransform(image_size=150, lsj=True, scale_range=(0.5, 0.5))
+    transform = SampleTransform(image_size=150, lsj=True, scale_range=(0.5, 0.5))
     sample = transform(item, sample_rng(0, 0, 0))
     assert sample["input_size"] == (50, 75)
     assert rows_cols(sample["masks"][0]) == (5, 15, 10, 25)
@@ -105,7 +105,7 @@ def test_cropped_window_equals_resize_then_crop() -> None:
     image = np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8)
     full = np.array(Image.fromarray(image).resize((260, 180), Image.BILINEAR)).astype(int)
     window = (37, 101, 64, 80)
-    part = train_transforms._resize_crop_image(image, (180, 260), window).astype(int)
+    part = samples_module._resize_crop_image(image, (180, 260), window).astype(int)
     assert part.shape == (64, 80, 3)
     assert np.abs(full[37:101, 101:181] - part).max() <= 1
 
@@ -125,7 +125,7 @@ def quadrant_item(height: int, width: int) -> dict:
 def test_lsj_keeps_image_and_masks_aligned_and_in_bounds() -> None:
     item = quadrant_item(120, 200)
     colours = {100: (255, 0, 0), 101: (0, 255, 0), 102: (0, 0, 255), 103: (255, 255, 0)}
-    transform = TrainTransform(image_size=96, lsj=True)
+    transform = SampleTransform(image_size=96, lsj=True)
     cropped = padded = 0
     for index in range(30):
         sample = transform(item, sample_rng(1, 0, index))
@@ -158,7 +158,7 @@ def test_lsj_drops_masks_outside_the_crop() -> None:
     # 20 bars at x = 10 i .. 10 i + 7 of a 40 x 200 image; scale 2 at image_size 100 resizes
     # to 40 x 200 and crops 100 columns: 9 to 10 bars are seen, the others dropped.
     item = grid_item()
-    transform = TrainTransform(image_size=100, lsj=True, scale_range=(2.0, 2.0))
+    transform = SampleTransform(image_size=100, lsj=True, scale_range=(2.0, 2.0))
     for index in range(10):
         sample = transform(item, sample_rng(0, 0, index))
         assert sample["input_size"] == (40, 100)
@@ -176,15 +176,15 @@ def test_large_empty_and_vanishing_masks_are_dropped() -> None:
     masks[3, 1, 1] = True  # 1 pixel, lost when downscaling by 4 (samples rows 2, 6, ...)
     masks[4, 60:70, 60:70] = True  # masks[2] stays empty
     item = make_item(np.zeros((height, width, 3), dtype=np.uint8), masks)
-    sample = TrainTransform(image_size=20)(item, sample_rng(0, 0, 0))
+    sample = SampleTransform(image_size=20)(item, sample_rng(0, 0, 0))
     assert sorted(sample["annotation_ids"].tolist()) == [101, 104]
-    sample = TrainTransform(image_size=20, max_mask_fraction=1.0)(item, sample_rng(0, 0, 0))
+    sample = SampleTransform(image_size=20, max_mask_fraction=1.0)(item, sample_rng(0, 0, 0))
     assert sorted(sample["annotation_ids"].tolist()) == [100, 101, 104]
 
 
 def test_at_most_max_masks_are_kept_as_a_random_subset() -> None:
     item = grid_item()
-    transform = TrainTransform(image_size=200, max_masks=5, chunk=3)
+    transform = SampleTransform(image_size=200, max_masks=5, chunk=3)
     subsets = set()
     for index in range(6):
         sample = transform(item, sample_rng(0, 0, index))
@@ -196,13 +196,15 @@ def test_at_most_max_masks_are_kept_as_a_random_subset() -> None:
     assert len(subsets) > 1
     again = transform(item, sample_rng(0, 0, 0))["annotation_ids"].tolist()
     assert again == transform(item, sample_rng(0, 0, 0))["annotation_ids"].tolist()
-    assert len(TrainTransform(image_size=200, max_masks=64)(item, sample_rng(0, 0, 0))["masks"])
-    assert len(TrainTransform(image_size=200, max_masks=0)(item, sample_rng(0, 0, 0))["masks"]) == 0
+    assert len(SampleTransform(image_size=200, max_masks=64)(item, sample_rng(0, 0, 0))["masks"])
+    assert (
+        len(SampleTransform(image_size=200, max_masks=0)(item, sample_rng(0, 0, 0))["masks"]) == 0
+    )
 
 
 def test_item_without_annotations() -> None:
     item = make_item(np.zeros((30, 50, 3), dtype=np.uint8), np.zeros((0, 30, 50), dtype=bool))
-    sample = TrainTransform(image_size=64, lsj=True)(item, sample_rng(0, 0, 0))
+    sample = SampleTransform(image_size=64, lsj=True)(item, sample_rng(0, 0, 0))
     assert sample["masks"].shape == (0, 64, 64)
     assert sample["annotation_ids"].shape == (0,)
 
@@ -210,7 +212,7 @@ def test_item_without_annotations() -> None:
 def test_collate_shapes_and_image_index() -> None:
     item = grid_item()
     samples = [
-        TrainTransform(image_size=64, max_masks=k)(item, sample_rng(0, 0, i))
+        SampleTransform(image_size=64, max_masks=k)(item, sample_rng(0, 0, i))
         for i, k in enumerate([2, 0, 3])
     ]
     batch = collate(samples)
@@ -229,21 +231,25 @@ def test_collate_shapes_and_image_index() -> None:
 
 def test_train_samples_depend_on_seed_epoch_and_index_only() -> None:
     dataset = SyntheticShapes(4, (60, 90), seed=0)
-    transform = TrainTransform(image_size=64, lsj=True, max_masks=3)
-    samples = TrainSamples(dataset, transform, seed=3)
+    transform = SampleTransform(image_size=64, lsj=True, max_masks=3)
+    samples = TransformedDataset(dataset, transform, seed=3)
     first = samples[2]
     _ = samples[0]
     assert torch.equal(samples[2]["image"], first["image"])
     assert torch.equal(samples[2]["masks"], first["masks"])
     assert torch.equal(samples[(2, 0)]["image"], first["image"])
     assert not torch.equal(samples[(2, 1)]["image"], first["image"])
-    assert torch.equal(TrainSamples(dataset, transform, seed=3, epoch=1)[2]["image"],
-                       samples[(2, 1)]["image"])
+    assert torch.equal(
+        TransformedDataset(dataset, transform, seed=3, epoch=1)[2]["image"],
+        samples[(2, 1)]["image"],
+    )
     assert samples.source(2) == "item 2"
 
 
 def test_dataloader_workers_give_the_same_batches() -> None:
-    dataset = TrainSamples(SyntheticShapes(6, (48, 64), seed=1), TrainTransform(64, lsj=True))
+    dataset = TransformedDataset(
+        SyntheticShapes(6, (48, 64), seed=1), SampleTransform(64, lsj=True)
+    )
     batches = []
     for workers in (0, 2):
         loader = torch.utils.data.DataLoader(
@@ -286,15 +292,15 @@ def test_skip_bad_samples_logs_counts_and_moves_on(caplog) -> None:
 
 def test_bad_configuration() -> None:
     with pytest.raises(ValueError):
-        TrainTransform(scale_range=(0.0, 1.0))
+        SampleTransform(scale_range=(0.0, 1.0))
     with pytest.raises(ValueError):
-        TrainTransform(image_size=0)
+        SampleTransform(image_size=0)
 
 
 def test_mask_resize_is_torch_nearest_exact() -> None:
     masks = np.random.default_rng(0).random((3, 70, 45)) < 0.5
     item = make_item(np.zeros((70, 45, 3), dtype=np.uint8), masks)
-    sample = TrainTransform(image_size=128, max_mask_fraction=1.0)(item, sample_rng(0, 0, 0))
+    sample = SampleTransform(image_size=128, max_mask_fraction=1.0)(item, sample_rng(0, 0, 0))
     h, w = sample["input_size"]
     expected = torch.nn.functional.interpolate(
         torch.from_numpy(masks)[None].float(), (h, w), mode="nearest-exact"
