@@ -1,27 +1,35 @@
 """The data engine's fully automatic stage: masks for every image of a folder, written as
-SA-1B annotation files.
+SA-1B annotation files, on one device or many.
 
 Usage::
 
     python -m sam_lightning.amg input=photos/ output=masks/ \\
         model.checkpoint=sam_vit_h_4b8939.pth [amg=sa1b] [device=cuda] [recursive=true]
+    python -m sam_lightning.amg ... accelerator=gpu devices=8 [num_nodes=2]
 
 ``input`` is a directory of images (jpg, jpeg, png, bmp, tif, tiff, webp; sorted, not
 recursive unless ``recursive=true``), a text file listing image paths (one per line, relative
-to the list file; blank lines and ``#`` comments skipped) or one image. Each image ``x.jpg``
-gives ``<output>/x.json`` (``<output>/sub/x.json`` for ``sub/x.jpg`` with ``recursive``) in
-the SA-1B layout of :mod:`sam_lightning.data.sa1b`, written atomically; ``image.file_name``
-is the image's path relative to ``input`` (to the list file's directory for lists, absolute
-outside it), so ``SA1BDataset(output, image_root=input)`` reads the result back.
+to the list file; blank lines and ``#`` comments skipped) or one image
+(:mod:`sam_lightning.data.image_folder`). Each image ``x.jpg`` gives ``<output>/x.json``
+(``<output>/sub/x.json`` for ``sub/x.jpg`` with ``recursive``) in the SA-1B layout of
+:mod:`sam_lightning.data.sa1b`, written atomically; ``image.file_name`` is the image's path
+relative to ``input`` (to the list file's directory for lists, absolute outside it), so
+``SA1BDataset(output, image_root=input)`` reads the result back.
 
 Image ids: ``sa_<n>`` keeps ``n``; other names get a hash of their output name, stable
 across runs (:func:`~sam_lightning.data.sa1b.sa1b_image_id`). Annotation ids are
 ``image_id * 2**16 + index``, unique within the output.
 
-Reruns resume: images whose JSON exists and parses are skipped, and temporary files of an
-interrupted write are removed (one process per output directory). Unreadable images are
-logged, skipped and listed in ``<output>/_summary.json``; the exit status is then 1 (2 for
-bad arguments). Hydra's resolved config and log go to ``<output>/_logs/``.
+Many devices (:mod:`sam_lightning.distributed`): the launch keys of
+``conf/launch/default.yaml``; each image goes to exactly one rank, and the files do not
+depend on the world size. Images are read and decoded in ``num_workers`` DataLoader
+processes per rank.
+
+Reruns resume, at any world size: images whose JSON exists and parses are skipped, and
+temporary files of an interrupted write are removed. Unreadable images are logged, skipped
+and listed in ``<output>/_summary.json`` (which gathers every rank's counts); the exit status
+is then 1 (2 for bad arguments). Hydra's resolved config and logs (one per rank) go to
+``<output>/_logs/``, the ranks' progress files to ``<output>/_logs/ranks/``.
 
 Library use: :func:`run_amg` (builds the model and generator from plain arguments) and
 :func:`generate_folder` (runs any generator); Hydra lives only in :func:`main`.
@@ -29,13 +37,15 @@ Library use: :func:`run_amg` (builds the model and generator from plain argument
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
 import os
+import shutil
 import sys
 import time
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -43,20 +53,23 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from sam_lightning.data.image_folder import ImageJob, ImageReader, as_is, collect_images
 from sam_lightning.data.sa1b import (
+    LOGS_DIR,
     SUMMARY_NAME,
     make_sa1b_document,
     read_sa1b_json,
     sa1b_image_id,
     write_sa1b_json,
 )
-from sam_lightning.file_io import (
-    IMAGE_EXTENSIONS,
-    UnreadableImageError,
-    read_image,
-    remove_temp_files,
-    write_atomic,
+from sam_lightning.distributed import (
+    SINGLE_PROCESS,
+    RankProgress,
+    Ranks,
+    new_run_id,
+    wait_for_ranks,
 )
+from sam_lightning.file_io import remove_temp_files, write_atomic
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -65,6 +78,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sam_lightning.amg")  # not "__main__" under python -m
 
+#: Where the ranks' progress files go, under ``output``.
+PROGRESS_DIR = Path(LOGS_DIR, "ranks")
+
+
 class MaskGenerator(Protocol):
     """What :func:`generate_folder` needs: ``generate(image HxWx3 uint8) -> records`` with
     COCO RLE segmentations (``SamAutomaticMaskGenerator(..., output_mode="coco_rle")``)."""
@@ -72,19 +89,10 @@ class MaskGenerator(Protocol):
     def generate(self, image: Any) -> list[dict[str, Any]]: ...
 
 
-@dataclass(frozen=True)
-class ImageJob:
-    """One input image: its file, its output name (``<output>/<name>.json``, ``/``-separated,
-    no suffix) and the ``image.file_name`` written for it."""
-
-    path: Path
-    name: str
-    file_name: str
-
-
 @dataclass
 class AmgSummary:
-    """Counts of one run; ``failed`` lists ``{"image": path, "error": reason}``."""
+    """Counts of one run over all ranks; ``failed`` lists ``{"image": path, "error":
+    reason}`` in input order."""
 
     input: str
     output: str
@@ -96,84 +104,10 @@ class AmgSummary:
     failed: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     completed: bool = False  # False if the run was interrupted
+    world_size: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def collect_images(
-    input: str | os.PathLike[str], recursive: bool = False, output: str | os.PathLike[str] = ""
-) -> tuple[list[ImageJob], Path]:
-    """The images named by ``input`` (see the module docstring) and the directory their
-    ``file_name`` is relative to. ``output`` is never searched for images.
-
-    Raises:
-        FileNotFoundError: ``input`` does not exist.
-        ValueError: no images, or two images would get the same output name or image id.
-    """
-    input = Path(input)
-    if input.is_dir():
-        root, jobs = input, _directory_jobs(input, recursive, Path(output) if output else None)
-    elif input.is_file() and input.suffix.lower() in IMAGE_EXTENSIONS:
-        root, jobs = input.parent, [ImageJob(input, input.stem, input.name)]
-    elif input.is_file():
-        root, jobs = input.parent, _list_file_jobs(input)
-    else:
-        raise FileNotFoundError(f"input not found: {input}")
-    if not jobs:
-        kinds = ", ".join(IMAGE_EXTENSIONS)
-        hint = " (subdirectories need recursive=true)" if input.is_dir() and not recursive else ""
-        raise ValueError(f"no images ({kinds}) in {input}{hint}")
-    _check_unique(jobs, lambda job: job.name, "output file")
-    _check_unique(jobs, lambda job: sa1b_image_id(job.name), "image id")
-    return jobs, root
-
-
-def _directory_jobs(root: Path, recursive: bool, output: Path | None) -> list[ImageJob]:
-    skip = output.resolve() if output is not None else None
-    jobs = []
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(
-            d
-            for d in subdirs
-            if recursive and not d.startswith(".") and Path(directory, d).resolve() != skip
-        )
-        for name in sorted(files):
-            path = Path(directory, name)
-            if path.suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
-                relative = path.relative_to(root).as_posix()
-                jobs.append(ImageJob(path, relative.rpartition(".")[0], relative))
-    return sorted(jobs, key=lambda job: job.file_name)
-
-
-def _list_file_jobs(list_file: Path) -> list[ImageJob]:
-    base = list_file.parent
-    try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{list_file} is neither an image nor a text list of images: {error}"
-        ) from None
-    jobs = []
-    for line in lines:
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        path = base / Path(entry).expanduser()
-        try:
-            file_name = path.resolve().relative_to(base.resolve()).as_posix()
-        except ValueError:  # outside the list file's directory
-            file_name = path.resolve().as_posix()
-        jobs.append(ImageJob(path, path.stem, file_name))
-    return jobs
-
-
-def _check_unique(jobs: list[ImageJob], key: Any, what: str) -> None:
-    counts = Counter(key(job) for job in jobs)
-    clashes = [job.path.as_posix() for job in jobs if counts[key(job)] > 1]
-    if clashes:
-        shown = ", ".join(clashes[:6]) + (" ..." if len(clashes) > 6 else "")
-        raise ValueError(f"these images would share an {what}; rename them: {shown}")
 
 
 def _is_done(target: Path) -> bool:
@@ -194,16 +128,25 @@ def generate_folder(
     output: str | os.PathLike[str],
     recursive: bool = False,
     progress: bool = True,
+    num_workers: int = 2,
+    ranks: Ranks = SINGLE_PROCESS,
+    timeout_s: float = 1800.0,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> AmgSummary:
     """Runs ``generator`` on every image of ``input`` and writes ``<output>/<name>.json``
-    (SA-1B layout), skipping images done by an earlier run; writes ``_summary.json``.
+    (SA-1B layout), skipping images done by an earlier run; rank 0 writes ``_summary.json``
+    and returns the whole job's summary (other ranks return their own counts).
 
-    Unreadable images are logged and listed in ``summary.failed``; errors of the generator
-    itself propagate (files written so far stay, a rerun resumes).
+    Images are read in ``num_workers`` DataLoader processes. With several ``ranks``, each
+    takes every N-th image still to do; rank 0 waits for the others through their progress
+    files, at most ``timeout_s`` without news from one. Unreadable images are logged and
+    listed in ``summary.failed``; errors of the generator itself propagate (files written
+    so far stay, a rerun resumes).
 
     Raises:
         FileNotFoundError, ValueError: see :func:`collect_images`; ValueError also if the
             generator does not return COCO RLEs.
+        RankError: another rank failed or went silent.
     """
     mode = getattr(generator, "output_mode", "coco_rle")
     if mode != "coco_rle":
@@ -211,44 +154,115 @@ def generate_folder(
     jobs, root = collect_images(input, recursive, output)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    if removed := remove_temp_files(output, recursive):
-        log.info("removed %d temporary files of an interrupted run from %s", removed, output)
+    if ranks.is_zero:  # before the collective below, so no rank is writing yet
+        if removed := remove_temp_files(output, recursive):
+            log.info("removed %d temporary files of an interrupted run from %s", removed, output)
+        shutil.rmtree(output / PROGRESS_DIR, ignore_errors=True)
+    todo = [i for i in ranks.shard(range(len(jobs))) if not _is_done(_target(output, jobs[i]))]
+    gathered = ranks.all_gather((todo, new_run_id() if ranks.is_zero else None))
+    pending, run_id = sorted(i for part, _ in gathered for i in part), gathered[0][1]
     summary = AmgSummary(str(input), str(output), str(root), images=len(jobs))
+    summary.skipped, summary.world_size = len(jobs) - len(pending), ranks.world_size
+    mine = [jobs[i] for i in ranks.shard(pending)]
+    tracker = RankProgress(output / PROGRESS_DIR, run_id, ranks, total=len(mine))
     start = time.perf_counter()
     try:
         with (
             logging_redirect_tqdm(),
-            tqdm(jobs, desc="amg", unit="img", disable=not progress) as bar,
+            tqdm(
+                total=len(pending),
+                desc="amg",
+                unit="img",
+                disable=not (progress and ranks.is_zero),
+            ) as bar,
         ):
-            for job in bar:
-                _process(generator, job, output / f"{job.name}.json", summary)
-                bar.set_postfix(masks=summary.masks, failed=len(summary.failed), refresh=False)
+            loader = _image_loader(mine, num_workers)
+            for index, image, reason in loader:
+                with autocast():
+                    _process(generator, mine[index], image, reason, output, summary)
+                tracker.advance(_counts(summary))
+                _show(bar, summary, tracker.done_everywhere())
+            tracker.finish(_counts(summary))
+            if ranks.is_zero and ranks.world_size > 1:
+                states = wait_for_ranks(
+                    output / PROGRESS_DIR,
+                    run_id,
+                    ranks.world_size,
+                    timeout_s,
+                    on_progress=lambda done: _show(bar, summary, done),
+                )
+                _merge(summary, states, jobs)
         summary.completed = True
+    except BaseException as error:
+        tracker.finish(_counts(summary), error=f"{type(error).__name__}: {error}")
+        raise
     finally:
         summary.seconds = round(time.perf_counter() - start, 3)
-        write_atomic(output / SUMMARY_NAME, json.dumps(summary.to_dict(), indent=2).encode())
-        _log_summary(summary)
+        if ranks.is_zero:
+            write_atomic(output / SUMMARY_NAME, json.dumps(summary.to_dict(), indent=2).encode())
+            _log_summary(summary)
     return summary
 
 
-def _process(generator: MaskGenerator, job: ImageJob, target: Path, summary: AmgSummary) -> None:
-    if _is_done(target):
-        summary.skipped += 1
-        return
-    try:
-        image = read_image(job.path)
-    except (OSError, UnreadableImageError) as error:
-        reason = error.reason if isinstance(error, UnreadableImageError) else error.strerror
-        reason = reason or str(error)
+def _target(output: Path, job: ImageJob) -> Path:
+    return output / f"{job.name}.json"
+
+
+def _image_loader(jobs: list[ImageJob], num_workers: int) -> Any:
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        ImageReader(jobs),
+        batch_size=None,
+        collate_fn=as_is,
+        num_workers=num_workers if jobs else 0,
+        prefetch_factor=2 if num_workers and jobs else None,
+    )
+
+
+def _process(
+    generator: MaskGenerator,
+    job: ImageJob,
+    image: Any,
+    reason: str | None,
+    output: Path,
+    summary: AmgSummary,
+) -> None:
+    if image is None:
         log.error("skipping image %s: %s", job.path, reason)
-        summary.failed.append({"image": str(job.path), "error": reason})
+        summary.failed.append({"image": str(job.path), "error": str(reason)})
         return
     height, width = image.shape[:2]
     records = generator.generate(image)
     document = make_sa1b_document(records, sa1b_image_id(job.name), width, height, job.file_name)
-    write_sa1b_json(target, document)
+    write_sa1b_json(_target(output, job), document)
     summary.written += 1
     summary.masks += len(records)
+
+
+def _counts(summary: AmgSummary) -> dict[str, Any]:
+    return {"written": summary.written, "masks": summary.masks, "failed": summary.failed}
+
+
+def _show(bar: Any, summary: AmgSummary, done: int) -> None:
+    """Rank 0's bar: images done by all ranks (masks and failures of one process only)."""
+    bar.n = done
+    if summary.world_size == 1:
+        bar.set_postfix(masks=summary.masks, failed=len(summary.failed), refresh=False)
+    bar.refresh()
+
+
+def _merge(summary: AmgSummary, states: dict[int, dict[str, Any]], jobs: list[ImageJob]) -> None:
+    """Adds the other ranks' final counts to rank 0's ``summary``, failures in input order."""
+    order = {str(job.path): i for i, job in enumerate(jobs)}
+    for rank, state in sorted(states.items()):
+        if rank == 0:
+            continue
+        counts = state["counts"]
+        summary.written += counts["written"]
+        summary.masks += counts["masks"]
+        summary.failed += counts["failed"]
+    summary.failed.sort(key=lambda failure: order.get(failure["image"], -1))
 
 
 def _log_summary(summary: AmgSummary) -> None:
@@ -310,36 +324,68 @@ def run_amg(
     recursive: bool = False,
     progress: bool = True,
     image_size: int = 1024,
+    num_workers: int = 2,
     **options: Any,
 ) -> AmgSummary:
-    """Builds the generator (:func:`build_generator`) and runs :func:`generate_folder`.
-    ``options`` are ``SamAutomaticMaskGenerator`` parameters (``conf/amg/*.yaml``)."""
+    """Builds the generator (:func:`build_generator`) and runs :func:`generate_folder` in
+    this process. ``options`` are ``SamAutomaticMaskGenerator`` parameters
+    (``conf/amg/*.yaml``)."""
     collect_images(input, recursive, output)  # fail before building a large model
     generator = build_generator(model_type, checkpoint, device, image_size, **options)
-    return generate_folder(generator, input, output, recursive, progress)
+    return generate_folder(generator, input, output, recursive, progress, num_workers)
 
 
 def run_from_config(cfg: DictConfig) -> int:
-    """Runs the composed ``conf/amg.yaml``; returns the exit status (0 done, 1 images
-    failed or the run was interrupted, 2 bad input or configuration)."""
+    """Runs the composed ``conf/amg.yaml`` on the devices its launch keys name; returns the
+    exit status (0 done, 1 images failed or the run was interrupted, 2 bad input or
+    configuration). Ranks other than 0 return 0 unless they fail: rank 0 reports the job."""
     from omegaconf import OmegaConf
+
+    from sam_lightning.distributed import LaunchError, RankError, fabric_ranks, launch_fabric
+    from sam_lightning.entry_points import log_per_rank, multirun_spawn_problem
 
     options = OmegaConf.to_container(cfg.amg, resolve=True)
     try:
-        summary = run_amg(
-            cfg.input,
-            cfg.output,
-            model_type=cfg.model.type,
-            checkpoint=cfg.model.checkpoint,
-            device=cfg.device,
-            recursive=cfg.recursive,
-            progress=cfg.progress,
-            image_size=cfg.model.image_size,
+        collect_images(cfg.input, cfg.recursive, cfg.output)  # before starting processes
+        if problem := multirun_spawn_problem(cfg.devices):
+            raise LaunchError(problem)
+        fabric = launch_fabric(
+            cfg.device,
+            cfg.accelerator,
+            cfg.devices,
+            cfg.num_nodes,
+            cfg.strategy,
+            cfg.precision,
+            cfg.timeout_s,
+        )
+        ranks = fabric_ranks(fabric)
+        log_per_rank("amg", ranks.rank, ranks.world_size)
+        generator = build_generator(
+            cfg.model.type,
+            cfg.model.checkpoint,
+            str(fabric.device),
+            cfg.model.image_size,
             **options,
         )
-    except (FileNotFoundError, ValueError) as error:
+        summary = generate_folder(
+            generator,
+            cfg.input,
+            cfg.output,
+            cfg.recursive,
+            cfg.progress,
+            cfg.num_workers,
+            ranks,
+            cfg.timeout_s,
+            fabric.autocast,
+        )
+    except RankError as error:
+        log.error("%s", error)
+        return 1
+    except (FileNotFoundError, ValueError, LaunchError) as error:
         log.error("%s", error)
         return 2
+    if not ranks.is_zero:
+        return 0
     return 0 if summary.completed and not summary.failed else 1
 
 

@@ -150,6 +150,54 @@ def build_model(
     return model.to(resolve_device(device)).eval()
 
 
+# ---------------------------------------------------------------------- jobs of many ranks
+
+
+def multirun_spawn_problem(devices: int) -> str | None:
+    """Why a Hydra job cannot start ``devices`` processes itself, or None: in a multirun on
+    Hydra's basic launcher, Lightning's launcher would re-run the whole sweep (``-m``
+    included) in every child process; launch such sweeps through submitit."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if devices <= 1 or not HydraConfig.initialized():
+        return None
+    config = HydraConfig.get()
+    if config.mode != RunMode.MULTIRUN:
+        return None
+    if "submitit" in str(config.launcher.get("_target_", "")):
+        return None
+    return (
+        f"devices={devices} in a multirun would make every child process re-run the whole "
+        "sweep: launch the sweep with hydra/launcher=submitit_slurm (tasks_per_node="
+        f"{devices}) or submitit_local, or run each job on its own"
+    )
+
+
+def log_per_rank(name: str, rank: int, world_size: int) -> None:
+    """Gives every rank but 0 its own log file, ``<run dir>/<name>.rank<r>.log``, in place of
+    the file Hydra opened for it (rank 0 keeps ``<name>.log``; a file of another name, such
+    as the one Lightning's launcher names for a child process, becomes the rank's file)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if world_size == 1 or rank == 0 or not HydraConfig.initialized():
+        return
+    target = Path(HydraConfig.get().runtime.output_dir) / f"{name}.rank{rank}.log"
+    root = logging.getLogger()
+    formatter = None
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        formatter = handler.formatter
+        root.removeHandler(handler)
+        handler.close()
+        opened = Path(handler.baseFilename)
+        if opened.name != f"{name}.log" and opened.is_file() and not target.exists():
+            opened.rename(target)
+    handler = logging.FileHandler(target)
+    if formatter is not None:
+        handler.setFormatter(formatter)
+    root.addHandler(handler)
+
+
 # ------------------------------------------------------------------- checks and Hydra main
 
 Check = Callable[[Mapping[str, Any]], list[str]]

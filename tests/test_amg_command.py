@@ -360,7 +360,7 @@ def test_command_line(photos, tmp_path):
     assert f"skipping image {photos / 'c.jpg'}" in log and "random weights" in log
     assert outputs(out) == ["_summary.json", "a.json", "b.json", "sa_12.json"]
     assert list(cwd.iterdir()) == []  # nothing written to the working directory
-    (run_dir,) = (out / "_logs").iterdir()
+    run_dir = out / "_logs"  # the same directory for every rank and every rerun
     assert (run_dir / "amg.log").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
     assert "c.jpg" in (run_dir / "amg.log").read_text()
     summary = json.loads((out / "_summary.json").read_text())
@@ -379,3 +379,28 @@ def test_command_line_without_output(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: set output=..., e.g.")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_multirun_that_would_start_processes_itself_is_refused(photos, tmp_path):
+    """Lightning's launcher re-runs sys.argv, -m included: each child would rerun the sweep."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sam_lightning.amg",
+            "-m",
+            f"input={photos}",
+            f"output={tmp_path / 'out'}",
+            "model.type=vit_tiny",
+            "accelerator=cpu",
+            "devices=2",
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 2, log[-2000:]
+    assert "devices=2 in a multirun would make every child process re-run" in log
+    assert "Initializing distributed" not in log

@@ -16,16 +16,18 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
+from sam_lightning.amg import generate_folder
 from sam_lightning.data.coco import CocoDataset, LvisDataset
 from sam_lightning.data.datamodule import SamDataModule
 from sam_lightning.data.sa1b_dataset import SA1BDataset
 from sam_lightning.data.synthetic import SyntheticShapes
+from sam_lightning.distributed import launch_fabric
 from sam_lightning.entry_points import check_command_line, checkable, config_dir
 from sam_lightning.evaluation.edges import SamEdgeDetector, evaluate_sam_edges
 from sam_lightning.evaluation.points import evaluate_points
 from sam_lightning.evaluation.text_harness import evaluate_text
 from sam_lightning.inference.automatic import SamAutomaticMaskGenerator
-from sam_lightning.settings import amg, annotate, evaluate, train
+from sam_lightning.settings import amg, annotate, evaluate, launch, train
 from sam_lightning.settings.schema import defaults
 from sam_lightning.training.module import SamTrainingModule
 
@@ -200,6 +202,14 @@ def test_datasets_take_the_declared_defaults(dataset, spec):
     assert_signature_defaults(dataset, spec)
 
 
+def test_the_launch_keys_have_one_declaration():
+    assert_states_defaults(yaml_file("launch/default.yaml"), launch.LaunchSettings, "launch")
+    fabric_only = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+    assert_signature_defaults(generate_folder, launch.LaunchSettings, skip=fabric_only)
+    assert_signature_defaults(launch_fabric, launch.LaunchSettings, skip=("num_workers",))
+    assert composed("amg", ["input=i", "output=o"])["devices"] == 1
+
+
 def test_generator_edge_detector_and_harnesses_take_the_declared_defaults():
     assert_signature_defaults(SamAutomaticMaskGenerator, amg.GeneratorSettings)
     harness_only = ("thresholds", "max_dist", "edges_from", "max_images")
@@ -310,6 +320,27 @@ def test_trainer_settings_are_trainer_arguments_and_our_choices_are_in_the_confi
             train.check,
             "training.frozen[0]=image_encodr: not one of image_encoder, prompt_encoder, "
             "mask_decoder; did you mean image_encoder?",
+        ),
+        (
+            "amg",
+            ["input=i", "output=o", "devices=0"],
+            amg.AmgSettings,
+            amg.check,
+            "devices=0: must be at least 1",
+        ),
+        (
+            "amg",
+            ["input=i", "output=o", "accelerator=tpu"],
+            amg.AmgSettings,
+            amg.check,
+            "accelerator=tpu: not one of auto, cpu, gpu, cuda, mps",
+        ),
+        (
+            "amg",
+            ["input=i", "output=o", "num_node=2"],
+            amg.AmgSettings,
+            amg.check,
+            "num_node: unknown setting; did you mean num_nodes?",
         ),
         (
             "annotate",

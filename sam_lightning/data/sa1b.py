@@ -40,6 +40,8 @@ from sam_lightning.file_io import (
 
 #: Name of the run summary the data engine writes next to its JSON files; never an image.
 SUMMARY_NAME = "_summary.json"
+#: The directory of a data-engine run's logs and progress files inside its output; readers skip it.
+LOGS_DIR = "_logs"
 #: Annotation ids are ``image_id * 2**ANNOTATION_INDEX_BITS + index`` (see :func:`annotation_id`).
 ANNOTATION_INDEX_BITS = 16
 _REQUIRED = ("id", "segmentation", "area", "bbox")

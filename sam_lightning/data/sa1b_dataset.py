@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sam_lightning.data.sa1b import (
+    LOGS_DIR,
     SUMMARY_NAME,
     SA1BSample,
     parse_sa1b_json,
@@ -185,7 +186,9 @@ def _scan_root(root: Path, recursive: bool) -> list[str | _Archive]:
         raise ValueError(f"{root}: expected a directory, a .json file or a .tar archive")
     found: list[str | _Archive] = []
     for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if recursive and not d.startswith("."))
+        subdirs[:] = sorted(
+            d for d in subdirs if recursive and not d.startswith(".") and d != LOGS_DIR
+        )
         for name in sorted(files):
             path = os.path.join(directory, name)
             if _wanted_json(name):

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sam_lightning.settings.launch import LaunchSettings, launch_problems
 from sam_lightning.settings.model import ModelSettings
 from sam_lightning.settings.schema import check_settings
 
@@ -33,9 +34,9 @@ class GeneratorSettings:
     max_mask_area_fraction: float | None = None
 
 
-@dataclass
-class AmgSettings:
-    """The whole ``conf/amg.yaml``."""
+@dataclass(kw_only=True)
+class AmgSettings(LaunchSettings):
+    """The whole ``conf/amg.yaml`` (with the launch keys of ``conf/launch/default.yaml``)."""
 
     input: str
     output: str
@@ -48,4 +49,9 @@ class AmgSettings:
 
 def check(config: Mapping[str, Any]) -> list[str]:
     """The problems of a composed ``conf/amg.yaml``."""
-    return check_settings(config, AmgSettings)
+    problems = check_settings(config, AmgSettings)
+    if problems:
+        return problems
+    return launch_problems(
+        config["devices"], config["num_nodes"], config["num_workers"], config["timeout_s"]
+    )

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from loopback import free_port, node_env
 
 pytestmark = pytest.mark.slow
 
@@ -63,12 +63,6 @@ OVERRIDES = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_nodes_on_loopback_train_together(tmp_path):
     run_dir, outputs = tmp_path / "run", tmp_path / "ranks"
     outputs.mkdir()
@@ -77,10 +71,7 @@ def test_two_nodes_on_loopback_train_together(tmp_path):
     for rank in range(2):
         env = {
             **os.environ,
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "NODE_RANK": str(rank),
-            "WORLD_SIZE": "2",
+            **node_env(port, rank, 2),
             "RANK_OUTPUT": str(outputs),
             "OMP_NUM_THREADS": "1",
         }
