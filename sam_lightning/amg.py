@@ -84,7 +84,9 @@ PROGRESS_DIR = Path(LOGS_DIR, "ranks")
 
 class MaskGenerator(Protocol):
     """What :func:`generate_folder` needs: ``generate(image HxWx3 uint8) -> records`` with
-    COCO RLE segmentations (``SamAutomaticMaskGenerator(..., output_mode="coco_rle")``)."""
+    COCO RLE segmentations (``SamAutomaticMaskGenerator(..., output_mode="coco_rle")``);
+    ``generate_batch(images) -> records per image``, if it has one, for
+    ``images_per_batch > 1``."""
 
     def generate(self, image: Any) -> list[dict[str, Any]]: ...
 
@@ -132,12 +134,17 @@ def generate_folder(
     ranks: Ranks = SINGLE_PROCESS,
     timeout_s: float = 1800.0,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    images_per_batch: int = 1,
 ) -> AmgSummary:
     """Runs ``generator`` on every image of ``input`` and writes ``<output>/<name>.json``
     (SA-1B layout), skipping images done by an earlier run; rank 0 writes ``_summary.json``
     and returns the whole job's summary (other ranks return their own counts).
 
-    Images are read in ``num_workers`` DataLoader processes. With several ``ranks``, each
+    Images are read in ``num_workers`` DataLoader processes and, with ``images_per_batch >
+    1`` and a generator that has ``generate_batch``, embedded that many at a time (the
+    records may then differ in the last float bits, see
+    :meth:`~sam_lightning.inference.automatic.SamAutomaticMaskGenerator.generate_batch`).
+    With several ``ranks``, each
     takes every N-th image still to do; rank 0 waits for the others through their progress
     files, at most ``timeout_s`` without news from one. Unreadable images are logged and
     listed in ``summary.failed``; errors of the generator itself propagate (files written
@@ -148,6 +155,8 @@ def generate_folder(
             generator does not return COCO RLEs.
         RankError: another rank failed or went silent.
     """
+    if images_per_batch < 1:
+        raise ValueError(f"images_per_batch must be at least 1, got {images_per_batch}")
     mode = getattr(generator, "output_mode", "coco_rle")
     if mode != "coco_rle":
         raise ValueError(f"the generator must use output_mode='coco_rle', not {mode!r}")
@@ -176,12 +185,27 @@ def generate_folder(
                 disable=not (progress and ranks.is_zero),
             ) as bar,
         ):
-            loader = _image_loader(mine, num_workers)
-            for index, image, reason in loader:
+            batch: list[tuple[ImageJob, Any]] = []
+
+            def run_batch() -> None:
                 with autocast():
-                    _process(generator, mine[index], image, reason, output, summary)
-                tracker.advance(_counts(summary))
+                    _process(generator, batch, output, summary)
+                for _ in batch:
+                    tracker.advance(_counts(summary))
                 _show(bar, summary, tracker.done_everywhere())
+                batch.clear()
+
+            for index, image, reason in _image_loader(mine, num_workers):
+                if image is None:
+                    log.error("skipping image %s: %s", mine[index].path, reason)
+                    summary.failed.append({"image": str(mine[index].path), "error": str(reason)})
+                    tracker.advance(_counts(summary))
+                    continue
+                batch.append((mine[index], image))
+                if len(batch) == images_per_batch:
+                    run_batch()
+            if batch:
+                run_batch()
             tracker.finish(_counts(summary))
             if ranks.is_zero and ranks.world_size > 1:
                 states = wait_for_ranks(
@@ -222,22 +246,23 @@ def _image_loader(jobs: list[ImageJob], num_workers: int) -> Any:
 
 def _process(
     generator: MaskGenerator,
-    job: ImageJob,
-    image: Any,
-    reason: str | None,
+    batch: list[tuple[ImageJob, Any]],
     output: Path,
     summary: AmgSummary,
 ) -> None:
-    if image is None:
-        log.error("skipping image %s: %s", job.path, reason)
-        summary.failed.append({"image": str(job.path), "error": str(reason)})
-        return
-    height, width = image.shape[:2]
-    records = generator.generate(image)
-    document = make_sa1b_document(records, sa1b_image_id(job.name), width, height, job.file_name)
-    write_sa1b_json(_target(output, job), document)
-    summary.written += 1
-    summary.masks += len(records)
+    """Generates and writes the masks of a batch of decoded images."""
+    images = [image for _, image in batch]
+    if len(images) > 1 and hasattr(generator, "generate_batch"):
+        per_image = generator.generate_batch(images)
+    else:
+        per_image = [generator.generate(image) for image in images]
+    for (job, image), records in zip(batch, per_image):
+        height, width = image.shape[:2]
+        image_id = sa1b_image_id(job.name)
+        document = make_sa1b_document(records, image_id, width, height, job.file_name)
+        write_sa1b_json(_target(output, job), document)
+        summary.written += 1
+        summary.masks += len(records)
 
 
 def _counts(summary: AmgSummary) -> dict[str, Any]:
@@ -325,6 +350,7 @@ def run_amg(
     progress: bool = True,
     image_size: int = 1024,
     num_workers: int = 2,
+    images_per_batch: int = 1,
     **options: Any,
 ) -> AmgSummary:
     """Builds the generator (:func:`build_generator`) and runs :func:`generate_folder` in
@@ -332,7 +358,15 @@ def run_amg(
     (``conf/amg/*.yaml``)."""
     collect_images(input, recursive, output)  # fail before building a large model
     generator = build_generator(model_type, checkpoint, device, image_size, **options)
-    return generate_folder(generator, input, output, recursive, progress, num_workers)
+    return generate_folder(
+        generator,
+        input,
+        output,
+        recursive,
+        progress,
+        num_workers,
+        images_per_batch=images_per_batch,
+    )
 
 
 def run_from_config(cfg: DictConfig) -> int:
@@ -377,6 +411,7 @@ def run_from_config(cfg: DictConfig) -> int:
             ranks,
             cfg.timeout_s,
             fabric.autocast,
+            cfg.images_per_batch,
         )
     except RankError as error:
         log.error("%s", error)

@@ -102,6 +102,29 @@ def check_world_size(devices: int, num_nodes: int, environ: dict[str, str] | Non
         )
 
 
+def export_submitit_local_ranks(environ: dict[str, str] | None = None) -> bool:
+    """In a task of a submitit *local* job of several tasks, sets the env-var form that
+    Lightning reads (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, LOCAL_RANK, NODE_RANK) from
+    submitit's job environment, so the tasks become the job's ranks; returns whether it did.
+    On SLURM nothing is needed: Lightning reads SLURM's own variables."""
+    environ = os.environ if environ is None else environ
+    if environ.get("SUBMITIT_EXECUTOR") != "local" or "LOCAL_RANK" in environ:
+        return False
+    if int(environ.get("SUBMITIT_LOCAL_NTASKS", "1")) <= 1:
+        return False
+    from submitit.helpers import TorchDistributedEnvironment
+
+    ranks = TorchDistributedEnvironment()
+    environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(ranks.master_port),
+        WORLD_SIZE=str(ranks.world_size),
+        LOCAL_RANK=str(ranks.local_rank),
+        NODE_RANK="0",
+    )
+    return True
+
+
 def launch_fabric(
     device: str = "auto",
     accelerator: str = "auto",
@@ -118,6 +141,7 @@ def launch_fabric(
     from lightning.fabric.strategies import DDPStrategy
 
     accelerator, fabric_device_list = fabric_devices(device, accelerator, devices)
+    export_submitit_local_ranks()
     check_world_size(devices, num_nodes)
     several = devices * num_nodes > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
     chosen: Any = strategy

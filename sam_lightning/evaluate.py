@@ -18,6 +18,7 @@ mapping and the run directory, so it can be called as a library.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
@@ -30,7 +31,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sam_lightning.distributed import SINGLE_PROCESS, Ranks
+
 if TYPE_CHECKING:
+    from sam_lightning.evaluation.item_map import ShardedItemMap
     from sam_lightning.modeling.sam import Sam
 
 log = logging.getLogger("sam_lightning.evaluate")
@@ -47,6 +51,8 @@ TASKS: dict[str, str] = {
     "text_refcoco": "sam_lightning.evaluation.text:run_from_config",
 }
 METRICS_FILE = "metrics.json"
+#: The ``model`` settings a resumed run must share with the run it continues.
+MANIFEST_MODEL_KEYS = ("type", "checkpoint", "image_size", "text_embed_dim")
 
 Adapter = Callable[..., dict[str, float]]
 
@@ -115,13 +121,28 @@ def metrics_json(metrics: Mapping[str, float]) -> bytes:
     return json.dumps(finite, indent=2).encode()
 
 
-def evaluate(config: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> dict[str, float]:
+def evaluate(
+    config: Mapping[str, Any],
+    run_dir: str | os.PathLike[str],
+    ranks: Ranks = SINGLE_PROCESS,
+    device: str | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> dict[str, float] | None:
     """Runs the task of the resolved ``config`` (the layout of ``conf/evaluate.yaml`` with an
     ``eval`` group), writes ``run_dir/metrics.json`` (atomically) and the task's predictions,
     logs to W&B as ``logger`` says (no ``logger`` key: no W&B); returns the metrics.
 
+    The images are spread over ``ranks`` (this process alone by default) and committed in
+    chunks under ``run_dir/_progress`` (:mod:`~sam_lightning.evaluation.item_map`):
+    ``resume: true`` continues an unfinished run. Rank 0 merges the predictions, computes
+    the metrics, writes the files and keeps the one W&B run; other ranks return None.
+    ``device`` is where the model goes (default: ``config["device"]``).
+
     Raises:
         UnknownTaskError: ``eval`` or ``eval.task`` is missing or not a known task.
+        ResumeError: ``run_dir`` holds an unfinished run and ``resume`` is false, or a
+            finished part of one with other settings.
+        RankError: another rank failed or went silent.
     """
     import torch
 
@@ -136,11 +157,12 @@ def evaluate(config: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> dict
     adapter = load_adapter(task)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.get("device", "auto"))
+    device = device or resolve_device(config.get("device", "auto"))
     seed = int(config.get("seed", 0))
     torch.manual_seed(seed)
     get_model = model_factory(config["model"], device, seed)
-    run = start_wandb(config.get("logger", {"kind": "none"}), run_dir, config)
+    logger = config.get("logger", {"kind": "none"}) if ranks.is_zero else {"kind": "none"}
+    run = start_wandb(logger, run_dir, config)
     failed = True
     try:
         job = EvalJob(
@@ -150,18 +172,85 @@ def evaluate(config: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> dict
             run_dir,
             device,
             progress=bool(config.get("progress", True)),
+            sharding=functools.partial(_sharding, config, run_dir, ranks, autocast),
         )
         metrics = adapter(job)
-        metrics = {name: float(value) for name, value in metrics.items()}
-        write_atomic(run_dir / METRICS_FILE, metrics_json(metrics))
-        if run is not None:
-            run.log(metrics)
+        if ranks.is_zero:
+            metrics = {name: float(value) for name, value in metrics.items()}
+            write_atomic(run_dir / METRICS_FILE, metrics_json(metrics))
+            if run is not None:
+                run.log(metrics)
+            log.info("%s metrics in %s: %s", task, run_dir / METRICS_FILE, metrics)
         failed = False
     finally:
         if run is not None:  # one W&B run per job, also in a Hydra multirun
             run.finish(exit_code=int(failed))
-    log.info("%s metrics in %s: %s", task, run_dir / METRICS_FILE, metrics)
-    return metrics
+    return metrics if ranks.is_zero else None
+
+
+def _sharding(
+    config: Mapping[str, Any],
+    run_dir: Path,
+    ranks: Ranks,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    settings: Mapping[str, Any],
+) -> ShardedItemMap:
+    """The item map of a harness with ``settings``: its manifest is what makes the items
+    and their values (a resume must have the same)."""
+    from sam_lightning.evaluation.item_map import ShardedItemMap
+
+    model = {key: config["model"].get(key) for key in MANIFEST_MODEL_KEYS}
+    return ShardedItemMap(
+        run_dir,
+        manifest={
+            "task": config["eval"]["task"],
+            "eval": dict(settings),
+            "data": dict(config.get("data", {})),
+            "model": model,
+            "seed": int(config.get("seed", 0)),
+        },
+        ranks=ranks,
+        resume=bool(config.get("resume", False)),
+        commit_every=int(config.get("commit_every", 16)),
+        num_workers=int(config.get("num_workers", 0)),
+        timeout_s=float(config.get("timeout_s", 1800.0)),
+        progress=bool(config.get("progress", True)),
+        autocast=autocast,
+    )
+
+
+def run_launched(config: dict[str, Any], run_dir: str | os.PathLike[str]) -> int:
+    """Launches the job on the devices of the config's launch keys
+    (:func:`~sam_lightning.distributed.launch_fabric`) and runs :func:`evaluate` on every
+    rank; returns the exit status: 0 done, 1 a rank failed, 2 bad settings or a run
+    directory that cannot be continued."""
+    from sam_lightning.distributed import LaunchError, RankError, fabric_ranks, launch_fabric
+    from sam_lightning.entry_points import log_per_rank, multirun_spawn_problem
+    from sam_lightning.evaluation.item_map import ResumeError
+
+    try:
+        load_adapter(config.get("eval", {}).get("task"))
+        if problem := multirun_spawn_problem(int(config.get("devices", 1))):
+            raise LaunchError(problem)
+        fabric = launch_fabric(
+            config.get("device", "auto"),
+            config.get("accelerator", "auto"),
+            int(config.get("devices", 1)),
+            int(config.get("num_nodes", 1)),
+            config.get("strategy", "auto"),
+            config.get("precision", "32-true"),
+            float(config.get("timeout_s", 1800.0)),
+        )
+        ranks = fabric_ranks(fabric)
+        log_per_rank("evaluate", ranks.rank, ranks.world_size)
+        evaluate(config, run_dir, ranks, str(fabric.device), fabric.autocast)
+    except RankError as error:
+        log.error("%s", error)
+        return 1
+    except (UnknownTaskError, LaunchError, ResumeError) as error:
+        log.error("%s", error)
+        return 2
+    return 0
 
 
 def _lacks_task(args: list[str]) -> bool:
@@ -208,14 +297,10 @@ def main() -> int:
 
         config = OmegaConf.to_container(cfg, resolve=True)
         _job_logger(config)
-        try:
-            evaluate(config, HydraConfig.get().runtime.output_dir)
-        except UnknownTaskError as error:  # raised before anything runs
-            log.error("%s", error)
-            return 2
-        return 0
+        return run_launched(config, HydraConfig.get().runtime.output_dir)
 
     return hydra_main("evaluate", run, settings.EvaluateSettings, settings.check)
+
 
 if __name__ == "__main__":
     sys.exit(main())

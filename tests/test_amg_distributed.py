@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -15,13 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from loopback import free_port, node_env
+from loopback import finish, free_port, node_env, start
 from PIL import Image
 
 from sam_lightning.data.sa1b import read_sa1b_json
 from sam_lightning.file_io import is_temp_file
-
-REPO = Path(__file__).resolve().parents[1]
 
 # The real command line, run as a script (Lightning's launcher re-runs it in the processes it
 # starts, hooks included); AMG_TEST_SLEEP slows every image down (so a run can be killed
@@ -86,20 +83,9 @@ def amg(photos: Path, output: Path, *overrides: str, env: dict[str, str] | None 
     if not script.exists():
         script.write_text(LAUNCH)
     command = [sys.executable, str(script), f"input={photos}", f"output={output}"]
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.Popen(
-        [*command, *SETTINGS, *overrides],
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kw,
-    )
-
-
-def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
-    log = process.communicate(timeout=timeout)[0]
-    return process.returncode, log
+    if not any(override.startswith("images_per_batch=") for override in overrides):
+        overrides = ("images_per_batch=1", *overrides)  # bit-exact files at every world size
+    return start([*command, *SETTINGS, *overrides], env or {}, **kw)
 
 
 def annotation_files(output: Path) -> dict[str, bytes]:
@@ -136,6 +122,38 @@ def test_the_files_do_not_depend_on_the_world_size(photos, tmp_path):
         ]
         assert sum(totals) == 7 and max(totals) - min(totals) <= 1  # each image on one rank
     assert [f["image"] for f in first["failed"]] == [str(photos / "im9.png")]
+
+
+def assert_within_batch_tolerance(ours: dict[str, bytes], reference: dict[str, bytes]) -> None:
+    """The tolerance of ``images_per_batch > 1`` (README): per image the same masks in the
+    same order, each with IoU >= 0.99 and predicted IoU and stability within 1e-3 of one
+    image at a time."""
+    from pycocotools import mask as mask_utils
+
+    assert ours.keys() == reference.keys()
+    for name in reference:
+        mine = json.loads(ours[name])["annotations"]
+        theirs = json.loads(reference[name])["annotations"]
+        assert len(mine) == len(theirs), name
+        for a, b in zip(mine, theirs):
+            assert a["id"] == b["id"] and a["point_coords"] == b["point_coords"]
+            iou = mask_utils.iou([a["segmentation"]], [b["segmentation"]], [0])[0, 0]
+            assert iou >= 0.99 or a["segmentation"] == b["segmentation"], (name, a["id"])
+            assert abs(a["predicted_iou"] - b["predicted_iou"]) <= 1e-3
+            assert abs(a["stability_score"] - b["stability_score"]) <= 1e-3
+
+
+def test_the_default_batch_is_within_its_tolerance_at_any_world_size(photos, tmp_path):
+    status, log = finish(amg(photos, tmp_path / "single"))
+    assert status == 1, log
+    reference = annotation_files(tmp_path / "single")
+    for world_size in (1, 2):
+        output = tmp_path / f"batched{world_size}"
+        status, log = finish(
+            amg(photos, output, f"devices={world_size}", "images_per_batch=2", "num_workers=0")
+        )
+        assert status == 1, log
+        assert_within_batch_tolerance(annotation_files(output), reference)
 
 
 def test_kill_9_then_resume_at_another_world_size(photos, tmp_path):

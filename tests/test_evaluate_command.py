@@ -45,7 +45,7 @@ def test_every_eval_config_composes(name):
     assert cfg.eval.task == name and name in TASKS
     assert cfg.model.type == "vit_h" and cfg.model.checkpoint is None
     assert cfg.logger.kind == "wandb" and "data" in cfg
-    assert cfg.hydra.run.dir.startswith(f"outputs/evaluate/{name}/")
+    assert cfg.hydra.run.dir == f"outputs/evaluate/{name}/vit_h"  # stable: ranks agree
     assert cfg.hydra.sweep.dir == f"outputs/evaluate_multirun/{cfg.sweep_name}"
 
 
@@ -190,8 +190,16 @@ def coco(tmp_path_factory) -> list[str]:
     return [f"data.images={root}", f"data.annotations={write_coco(root)}"]
 
 
-def run_command(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+def run_command(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, "-m", "sam_lightning.evaluate", *args],
         capture_output=True,
@@ -245,6 +253,9 @@ def test_a_multirun_gives_one_wandb_run_per_job_in_one_group(tmp_path, coco):
     assert [r["name"] for r in runs] == ["points_coco_vit_tiny_0", "points_coco_vit_tiny_1"]
     assert runs[0]["id"] != runs[1]["id"]
     assert [r["config"]["eval"]["max_images"] for r in runs] == [1, 2]
+    summary = (sweep / "summary.csv").read_text().splitlines()
+    assert len(summary) == 3 and summary[1].startswith("0,points_coco,vit_tiny,done,")
+    assert "## points_coco" in (sweep / "summary.md").read_text()
 
 
 def test_the_command_without_a_known_task_or_data_fails_clearly(tmp_path, coco):
@@ -261,6 +272,22 @@ def test_the_command_without_a_known_task_or_data_fails_clearly(tmp_path, coco):
     output = result.stdout + result.stderr
     assert "eval.task=points_voc: not one of" in output and "did you mean points_coco" in output
     assert not (tmp_path / "x" / "metrics.json").exists()
+
+
+def test_bad_launch_settings_fail_before_anything_runs(tmp_path, coco):
+    result = run_command("+eval=points_coco", *TINY_MODEL, *coco, "devices=0", cwd=tmp_path)
+    assert result.returncode == 2 and "devices=0: must be at least 1" in result.stderr
+    result = run_command("+eval=points_coco", *TINY_MODEL, *coco, "commit_every=0", cwd=tmp_path)
+    assert result.returncode == 2 and "commit_every=0: must be at least 1" in result.stderr
+    env_form = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", "NODE_RANK": "0", "WORLD_SIZE": "3"}
+    result = run_command(
+        "+eval=points_coco", *TINY_MODEL[:2], *coco, "devices=2", cwd=tmp_path, env=env_form
+    )
+    output = result.stdout + result.stderr
+    assert (
+        result.returncode == 2 and "WORLD_SIZE=3 does not match num_nodes=1 x devices=2" in output
+    )
+    assert not list(tmp_path.rglob("metrics.json"))
 
 
 # -------------------------------------------------------------------- W&B offline files

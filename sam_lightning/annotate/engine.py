@@ -199,7 +199,7 @@ class AnnotationEngine:
                 mask_input = self._previous_logits(name, previous, previous_candidate)
             embedding, embed_seconds, _ = self.embedding(name, load_image, mtime_ns, size)
             start = time.perf_counter()
-            self.predictor._set_features(
+            self.predictor.set_features(
                 embedding.features, [embedding.original_size], [embedding.input_size]
             )
             coords = np.array([p[:2] for p in points], dtype=np.float64) if points else None

@@ -240,12 +240,15 @@ def read_edge_map(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def write_edge_map(path: str | os.PathLike[str], edges: np.ndarray) -> None:
-    """Writes a [0, 1] edge map as an 8-bit PNG (``round(255 * edges)``, MATLAB's uint8)."""
+    """Writes a [0, 1] edge map as an 8-bit PNG (``round(255 * edges)``, MATLAB's uint8),
+    atomically."""
     from PIL import Image
 
+    from sam_lightning.file_io import atomic_path
+
     array = as_edge_map(edges)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.round(array * 255).astype(np.uint8)).save(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.round(array * 255).astype(np.uint8)).save(tmp, format="PNG")
 
 
 def plot_pr_curve(

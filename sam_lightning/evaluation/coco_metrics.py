@@ -53,8 +53,18 @@ AREAS = ("all", "small", "medium", "large")
 PROPOSAL_MAX_DETS = (100, 300, 1000)
 #: The keys of :func:`mask_stats`, in the order of ``COCOeval.stats``.
 MASK_STATS = (
-    "ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large",
-    "ar@1", "ar@10", "ar@100", "ar@100_small", "ar@100_medium", "ar@100_large",
+    "ap",
+    "ap50",
+    "ap75",
+    "ap_small",
+    "ap_medium",
+    "ap_large",
+    "ar@1",
+    "ar@10",
+    "ar@100",
+    "ar@100_small",
+    "ar@100_medium",
+    "ar@100_large",
 )
 #: LVIS frequency groups: metric suffix -> the categories' ``frequency`` value.
 FREQUENCY_GROUPS = {"frequent": "f", "common": "c", "rare": "r"}
@@ -120,17 +130,26 @@ def check_image_files(files: Sequence[tuple[dict[str, Any], Path]]) -> None:
 def read_images(
     files: Sequence[tuple[dict[str, Any], Path]], progress: bool = False, desc: str = "images"
 ) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
-    """Yields ``(image info, H x W x 3 uint8 RGB)`` for :func:`image_files`' output, with a
-    tqdm bar if ``progress``. Raises ValueError for an image whose size is not the one the
-    annotations give (its masks could not be evaluated)."""
-    for info, path in tqdm(files, desc=desc, disable=not progress):
-        image = read_image(path)
-        if image.shape[:2] != (info["height"], info["width"]):
-            raise ValueError(
-                f"{path} is {image.shape[0]}x{image.shape[1]} but image {info['id']} of the "
-                f"annotations is {info['height']}x{info['width']} (height x width)"
-            )
-        yield info, image
+    """Yields :func:`read_file` of each of :func:`image_files`' output, with a tqdm bar if
+    ``progress``."""
+    for index in tqdm(range(len(files)), desc=desc, disable=not progress):
+        yield read_file(files, index)
+
+
+def read_file(
+    files: Sequence[tuple[dict[str, Any], Path]], index: int
+) -> tuple[dict[str, Any], np.ndarray]:
+    """``(image info, H x W x 3 uint8 RGB)`` of ``files[index]``. Raises ValueError for an
+    image whose size is not the one the annotations give (its masks could not be
+    evaluated)."""
+    info, path = files[index]
+    image = read_image(path)
+    if image.shape[:2] != (info["height"], info["width"]):
+        raise ValueError(
+            f"{path} is {image.shape[0]}x{image.shape[1]} but image {info['id']} of the "
+            f"annotations is {info['height']}x{info['width']} (height x width)"
+        )
+    return info, image
 
 
 def resolve_format(requested: str | None, document: Mapping[str, Any]) -> str:

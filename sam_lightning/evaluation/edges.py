@@ -22,6 +22,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from sam_lightning import ops
 from sam_lightning.data.bsds import BSDS500Dataset
 from sam_lightning.evaluation import bsds_eval
+from sam_lightning.evaluation.item_map import InProcess, ItemMap
 from sam_lightning.evaluation.settings import EvalJob
 from sam_lightning.inference.crops import build_point_grid
 from sam_lightning.inference.predictor import POSTPROCESS_CHUNK_ELEMENTS, SamPredictor
@@ -194,22 +196,23 @@ def evaluate_sam_edges(
     thresholds: int = bsds_eval.NUM_THRESHOLDS,
     max_dist: float = BSDS_MAX_DIST,
     progress: bool = True,
-) -> bsds_eval.BoundaryResult:
+    map_items: ItemMap | None = None,
+) -> bsds_eval.BoundaryResult | None:
     """Runs ``detector`` on every image of ``dataset``, writes the 8-bit edge maps to
     ``<output_dir>/edges/<name>.png`` and scores those maps (as written) against the
-    ground truth."""
+    ground truth (:func:`evaluate_edge_dir`). ``map_items`` runs the images
+    (:mod:`~sam_lightning.evaluation.item_map`; one process by default); on ranks other
+    than 0 it returns None, and so does this function."""
     edge_dir = Path(output_dir) / "edges"
 
-    def samples() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-        for index in range(len(dataset)):
-            sample = dataset[index]
-            path = edge_dir / f"{sample.name}.png"
-            bsds_eval.write_edge_map(path, detector(sample.image))
-            yield sample.name, bsds_eval.read_edge_map(path), sample.ground_truth.boundaries
+    def compute(index: int, sample: Any) -> str:
+        bsds_eval.write_edge_map(edge_dir / f"{sample.name}.png", detector(sample.image))
+        return sample.name
 
-    return bsds_eval.evaluate_boundaries(
-        samples(), thresholds, max_dist, progress=progress, total=len(dataset)
-    )
+    map_items = map_items or InProcess(progress)
+    if map_items(len(dataset), compute, dataset.__getitem__, desc="edges") is None:
+        return None
+    return evaluate_edge_dir(edge_dir, dataset, thresholds, max_dist, progress)
 
 
 def evaluate_edge_dir(
@@ -252,7 +255,7 @@ _DETECTOR_KEYS = (
 )  # fmt: skip
 
 
-def run_from_config(job: EvalJob) -> dict[str, float]:
+def run_from_config(job: EvalJob) -> dict[str, float] | None:
     """Runs the BSDS500 edge task (``conf/eval/edges_bsds.yaml``): SAM's edge maps to
     ``<output_dir>/edges/*.png``, or the maps of ``eval_cfg["edges_from"]`` (then the model
     is never built); writes ``pr_curve.png`` and ``bsds_eval.json`` (curve and per-image
@@ -274,8 +277,16 @@ def run_from_config(job: EvalJob) -> dict[str, float]:
     else:
         detector = SamEdgeDetector(job.get_model(), **{k: settings[k] for k in _DETECTOR_KEYS})
         result = evaluate_sam_edges(
-            detector, dataset, Path(job.output_dir), thresholds, max_dist, job.progress
+            detector,
+            dataset,
+            Path(job.output_dir),
+            thresholds,
+            max_dist,
+            job.progress,
+            job.map_items(settings),
         )
+        if result is None:  # not rank 0
+            return None
     write_report(result, Path(job.output_dir))
     return result.metrics()
 

@@ -15,6 +15,7 @@ truth are left out.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import defaultdict
@@ -144,14 +145,15 @@ def segment_detections(
     return results
 
 
-def run_from_config(job: EvalJob) -> dict[str, float]:
+def run_from_config(job: EvalJob) -> dict[str, float] | None:
     """Runs App. D.4 on ``data.images`` / ``data.annotations`` (COCO or LVIS v1;
     ``data.format`` ``auto``, ``coco`` or ``lvis``) with the boxes of ``data.detections``,
     writes ``output_dir/predictions.json`` (COCO results) and returns ``ap``, ``ap50``,
     ``ap75``, ``ap_small``, ``ap_medium``, ``ap_large`` (COCO: COCOeval's, see ``backend``;
     LVIS: ``lvis``, plus ``ap_rare``, ``ap_common``, ``ap_frequent``). ``job.eval`` holds
     the task's settings (:class:`~sam_lightning.settings.evaluate.InstancesSettings`;
-    ``max_images``: the first n images only)."""
+    ``max_images``: the first n images only). The images run through ``job.map_items``;
+    ranks other than 0 return None."""
     settings = job.settings("instances_coco")
     document = coco_metrics.load_ground_truth(job.data["annotations"])
     fmt = coco_metrics.resolve_format(job.data.get("format"), document)
@@ -160,14 +162,24 @@ def run_from_config(job: EvalJob) -> dict[str, float]:
     detections = load_detections(job.data["detections"], image_ids)
     files = [(info, path) for info, path in files if detections.get(info["id"])]
     coco_metrics.check_image_files(files)
-    results = segment_detections(
-        SamPredictor(job.get_model()),
-        coco_metrics.read_images(files, job.progress, desc="instances"),
-        detections,
-        multimask_output=bool(settings["multimask_output"]),
-        refine=bool(settings["refine"]),
-        boxes_per_batch=int(settings["boxes_per_batch"]),
+    predictor = SamPredictor(job.get_model())
+
+    def compute(index: int, loaded: tuple[Mapping[str, Any], np.ndarray]) -> list[Any]:
+        return segment_detections(
+            predictor,
+            [loaded],
+            detections,
+            multimask_output=bool(settings["multimask_output"]),
+            refine=bool(settings["refine"]),
+            boxes_per_batch=int(settings["boxes_per_batch"]),
+        )
+
+    per_image = job.map_items(settings)(
+        len(files), compute, functools.partial(coco_metrics.read_file, files), "instances"
     )
+    if per_image is None:  # not rank 0
+        return None
+    results = [record for records in per_image for record in records]
     write_atomic(Path(job.output_dir) / PREDICTIONS_FILE, json.dumps(results).encode())
     if fmt == "lvis":
         return lvis_compat.lvis_mask_ap(job.data["annotations"], results, image_ids=image_ids)

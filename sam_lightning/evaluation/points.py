@@ -37,9 +37,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
+from sam_lightning.evaluation.item_map import InProcess, ItemMap
 from sam_lightning.evaluation.settings import EvalJob
 from sam_lightning.inference.clicks import click_session
 from sam_lightning.settings.evaluate import PAPER_NUM_CLICKS
@@ -225,35 +224,33 @@ def evaluate_points(
     objects_per_batch: int = 64,
     max_images: int | None = None,
     progress: bool = True,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    map_items: ItemMap | None = None,
+) -> tuple[dict[str, float], list[dict[str, Any]]] | None:
     """Evaluates ``predictor`` on every object of ``dataset`` (a
     :class:`~sam_lightning.data.coco.CocoDataset` or ``LvisDataset``; the first
     ``max_images`` images if given); returns :func:`points_metrics` and the
     ``predictions.json`` records. Objects whose mask is empty are left out and counted in
     ``num_skipped_empty``. Unreadable images and malformed annotations raise (see the
-    dataset), as leaving them out would change the metrics."""
+    dataset), as leaving them out would change the metrics. ``map_items`` runs the images
+    (:mod:`~sam_lightning.evaluation.item_map`; one process by default); on ranks other
+    than 0 it returns None, and so does this function."""
     clicks = _check_num_clicks(num_clicks)
     if objects_per_batch < 1:
         raise ValueError(f"objects_per_batch must be at least 1, got {objects_per_batch}")
     count = len(dataset) if max_images is None else min(int(max_images), len(dataset))
-    records: list[dict[str, Any]] = []
-    skipped, iou_sum = 0, 0.0
-    bar = tqdm(range(count), "points", unit="img", disable=not progress)
-    with logging_redirect_tqdm(), bar:
-        for index in bar:
-            image_records, image_skipped = _evaluate_image(
-                predictor, dataset[index], max(clicks), objects_per_batch
-            )
-            records += image_records
-            skipped += image_skipped
-            iou_sum += sum(r["ious"][0] for r in image_records)
-            if records:
-                running = f"{iou_sum / len(records):.3f}"
-                bar.set_postfix(objects=len(records), miou_1pt=running, refresh=False)
+    map_items = map_items or InProcess(progress)
+
+    def compute(index: int, sample: Mapping[str, Any]) -> list[Any]:
+        return list(_evaluate_image(predictor, sample, max(clicks), objects_per_batch))
+
+    values = map_items(count, compute, dataset.__getitem__, desc="points")
     predictor.reset_image()
+    if values is None:
+        return None
+    records = [record for image_records, _ in values for record in image_records]
     metrics = points_metrics(records, clicks)
     metrics["num_images"] = float(count)
-    metrics["num_skipped_empty"] = float(skipped)
+    metrics["num_skipped_empty"] = float(sum(skipped for _, skipped in values))
     return metrics, records
 
 
@@ -269,7 +266,7 @@ def open_dataset(data_cfg: Mapping[str, Any]) -> CocoDataset:
     return kinds[kind](data_cfg["annotations"], data_cfg["images"])
 
 
-def run_from_config(job: EvalJob) -> dict[str, float]:
+def run_from_config(job: EvalJob) -> dict[str, float] | None:
     """``+eval=points_coco`` / ``points_lvis``: runs :func:`evaluate_points` with the
     ``eval`` settings, writes ``<output_dir>/predictions.json`` and returns the metrics."""
     from sam_lightning.file_io import write_atomic
@@ -279,14 +276,17 @@ def run_from_config(job: EvalJob) -> dict[str, float]:
     dataset = open_dataset(job.data)  # fails on bad paths before a large model is built
     clicks = _check_num_clicks(settings["num_clicks"])
     log.info("points: %s on %s, N = %s clicks", dataset, job.device, clicks)
-    metrics, records = evaluate_points(
+    result = evaluate_points(
         SamPredictor(job.get_model()),
         dataset,
         num_clicks=clicks,
         objects_per_batch=int(settings["objects_per_batch"]),
         max_images=settings["max_images"],
-        progress=job.progress,
+        map_items=job.map_items(settings),
     )
+    if result is None:  # not rank 0
+        return None
+    metrics, records = result
     target = write_atomic(Path(job.output_dir) / PREDICTIONS_FILE, json.dumps(records).encode())
     log.info("%d object predictions in %s", len(records), target)
     return metrics

@@ -15,6 +15,7 @@ and for LVIS per frequency group against the ground truth restricted to its cate
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -26,7 +27,8 @@ import torch
 from sam_lightning.evaluation import coco_metrics
 from sam_lightning.evaluation.settings import EvalJob
 from sam_lightning.file_io import write_atomic
-from sam_lightning.inference.automatic import MaskCandidates, SamAutomaticMaskGenerator
+from sam_lightning.inference.automatic import SamAutomaticMaskGenerator
+from sam_lightning.inference.mask_candidates import MaskCandidates
 from sam_lightning.inference.packed_rles import PackedRLEs
 
 if TYPE_CHECKING:
@@ -112,13 +114,14 @@ def generate_proposals(
     return results
 
 
-def run_from_config(job: EvalJob) -> dict[str, float]:
+def run_from_config(job: EvalJob) -> dict[str, float] | None:
     """Runs App. D.3 on ``data.images`` / ``data.annotations`` (COCO or LVIS v1; ``data.format``
     ``auto``, ``coco`` or ``lvis``), writes ``output_dir/predictions.json`` (COCO results)
     and returns ``ar@100``, ``ar@300``, ``ar@1000``, ``ar@1000_small/_medium/_large`` and, for
     LVIS, ``ar@1000_frequent/_common/_rare``. ``job.eval`` holds the task's
     settings (:class:`~sam_lightning.settings.evaluate.ProposalsSettings`; ``max_images``:
-    the first n images only)."""
+    the first n images only). The images run through ``job.map_items``; ranks other than 0
+    return None."""
     settings = job.settings("proposals_lvis")
     document = coco_metrics.load_ground_truth(job.data["annotations"])
     fmt = coco_metrics.resolve_format(job.data.get("format"), document)
@@ -131,12 +134,17 @@ def run_from_config(job: EvalJob) -> dict[str, float]:
         points_per_batch=settings["points_per_batch"],
         stability_score_offset=settings["stability_score_offset"],
     )
-    results = generate_proposals(
-        generator,
-        coco_metrics.read_images(files, job.progress, desc="proposals"),
-        agnostic_category(document),
-        settings["max_proposals"],
+    category_id = agnostic_category(document)
+
+    def compute(index: int, loaded: tuple[Mapping[str, Any], np.ndarray]) -> list[Any]:
+        return generate_proposals(generator, [loaded], category_id, settings["max_proposals"])
+
+    per_image = job.map_items(settings)(
+        len(files), compute, functools.partial(coco_metrics.read_file, files), "proposals"
     )
+    if per_image is None:  # not rank 0
+        return None
+    results = [record for records in per_image for record in records]
     write_atomic(Path(job.output_dir) / PREDICTIONS_FILE, json.dumps(results).encode())
     return coco_metrics.proposal_ar(
         document,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sam_lightning.evaluation.item_map import InProcess, ItemMap
 from sam_lightning.settings.evaluate import TASKS
 from sam_lightning.settings.schema import check_settings, defaults
 
@@ -27,6 +28,8 @@ class EvalJob:
         output_dir: where the harness writes its predictions.
         device: where the model is.
         progress: show progress bars.
+        sharding: given a task's settings, the :data:`~sam_lightning.evaluation.item_map.ItemMap`
+            that runs its images (over ranks, resumable); None: one process, nothing saved.
     """
 
     get_model: Callable[[], Sam]
@@ -35,6 +38,13 @@ class EvalJob:
     output_dir: Path
     device: str = "cpu"
     progress: bool = True
+    sharding: Callable[[Mapping[str, Any]], ItemMap] | None = None
+
+    def map_items(self, settings: Mapping[str, Any]) -> ItemMap:
+        """What runs the per-image loop of a harness whose settings are ``settings``."""
+        if self.sharding is None:
+            return InProcess(self.progress)
+        return self.sharding(settings)
 
     def settings(self, default_task: str) -> dict[str, Any]:
         """:func:`task_settings` of ``eval.task`` (``default_task`` when it names none)."""

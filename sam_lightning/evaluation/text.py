@@ -33,6 +33,7 @@ log = logging.getLogger("sam_lightning.evaluation.text")
 
 PREDICTIONS_FILE = "predictions.json"
 
+
 def _clip_path(task: str, settings: Mapping[str, Any]) -> str:
     clip = settings["clip"]
     if not isinstance(clip, Mapping) or set(clip) != {"path"} or not clip["path"]:
@@ -60,7 +61,7 @@ def text_predictor(get_model: Callable[[], Sam], clip_path: str, device: str) ->
     return SamPredictor(model, text_encoder=clip)
 
 
-def run_from_config(job: EvalJob) -> dict[str, float]:
+def run_from_config(job: EvalJob) -> dict[str, float] | None:
     """``+eval=text_coco`` / ``text_refcoco``: runs :func:`evaluate_text` on the task's
     queries with the ``eval`` settings (:mod:`sam_lightning.settings.evaluate`), writes
     ``<output_dir>/predictions.json`` and returns the metrics. ``device`` is where
@@ -78,14 +79,17 @@ def run_from_config(job: EvalJob) -> dict[str, float]:
     else:
         queries = open_refcoco_queries(job.data)
     log.info("%s: %s on %s", task, queries, job.device)
-    metrics, records = evaluate_text(
+    result = evaluate_text(
         text_predictor(job.get_model, clip_path, job.device),
         queries,
         queries_per_batch=int(settings["queries_per_batch"]),
         max_images=settings["max_images"],
-        progress=job.progress,
         per_category=task == "text_coco",
+        map_items=job.map_items(settings),
     )
+    if result is None:  # not rank 0
+        return None
+    metrics, records = result
     target = write_atomic(Path(job.output_dir) / PREDICTIONS_FILE, json.dumps(records).encode())
     log.info("%d query predictions in %s", len(records), target)
     return metrics

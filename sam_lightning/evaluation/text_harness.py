@@ -17,15 +17,13 @@ the metrics from them alone.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
+from sam_lightning.evaluation.item_map import InProcess, ItemMap
 from sam_lightning.evaluation.text_metrics import text_metrics
 from sam_lightning.evaluation.text_queries import TextSample
 
@@ -112,42 +110,40 @@ def _evaluate_sample(
 
 def evaluate_text(
     predictor: SamPredictor,
-    samples: Iterable[TextSample],
+    samples: Sequence[TextSample],
     queries_per_batch: int = 64,
     max_images: int | None = None,
     progress: bool = True,
     per_category: bool = False,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Evaluates a text-enabled ``predictor`` on every query of ``samples`` (an iterable of
+    map_items: ItemMap | None = None,
+) -> tuple[dict[str, float], list[dict[str, Any]]] | None:
+    """Evaluates a text-enabled ``predictor`` on every query of ``samples`` (a sequence of
     :class:`TextSample`, e.g. :class:`~sam_lightning.evaluation.text_queries.CocoTextQueries`
     or :class:`~sam_lightning.evaluation.text_queries.RefCocoTextQueries`; the
     first ``max_images`` if given); returns :func:`text_metrics` (``per_category`` as
     there), ``num_images``, ``num_skipped_empty`` (queries with an empty ground truth, left
     out) and ``num_skipped_<reason>`` (left out by the source), and the
-    ``predictions.json`` records."""
+    ``predictions.json`` records. ``map_items`` runs the images
+    (:mod:`~sam_lightning.evaluation.item_map`; one process by default); on ranks other
+    than 0 it returns None, and so does this function."""
     if queries_per_batch < 1:
         raise ValueError(f"queries_per_batch must be at least 1, got {queries_per_batch}")
-    total = len(samples) if hasattr(samples, "__len__") else None
-    if max_images is not None:
-        total = int(max_images) if total is None else min(int(max_images), total)
-    records: list[dict[str, Any]] = []
-    skipped: dict[str, int] = {"empty": 0}
-    count, iou_sum = 0, 0.0
-    bar = tqdm(
-        itertools.islice(samples, max_images), "text", total, unit="img", disable=not progress
-    )
-    with logging_redirect_tqdm(), bar:
-        for sample in bar:
-            image_records, empty = _evaluate_sample(predictor, sample, queries_per_batch)
-            records += image_records
-            count += 1
-            skipped["empty"] += empty
-            for reason, number in sample.skipped.items():
-                skipped[reason] = skipped.get(reason, 0) + number
-            iou_sum += sum(r["iou"] for r in image_records)
-            if records:
-                bar.set_postfix(queries=len(records), giou=f"{iou_sum / len(records):.3f}")
+    count = len(samples) if max_images is None else min(int(max_images), len(samples))
+    map_items = map_items or InProcess(progress)
+
+    def compute(index: int, sample: TextSample) -> list[Any]:
+        image_records, empty = _evaluate_sample(predictor, sample, queries_per_batch)
+        return [image_records, {"empty": empty, **sample.skipped}]
+
+    values = map_items(count, compute, samples.__getitem__, desc="text")
     predictor.reset_image()
+    if values is None:
+        return None
+    records = [record for image_records, _ in values for record in image_records]
+    skipped: dict[str, int] = {"empty": 0}
+    for _, image_skipped in values:
+        for reason, number in image_skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + number
     metrics = text_metrics(records, per_category=per_category)
     metrics["num_images"] = float(count)
     metrics.update((f"num_skipped_{reason}", float(n)) for reason, n in skipped.items())

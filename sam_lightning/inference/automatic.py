@@ -15,7 +15,6 @@ masks in Python or synchronises with the device per mask.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,54 +26,14 @@ from sam_lightning.inference.crops import (
     generate_crop_boxes,
     is_box_near_crop_edge,
 )
+from sam_lightning.inference.mask_candidates import MaskCandidates
 from sam_lightning.inference.packed_rles import PackedRLEs
 from sam_lightning.inference.predictor import POSTPROCESS_CHUNK_ELEMENTS, SamPredictor
 from sam_lightning.modeling.sam import Sam
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-_TENSOR_FIELDS = ("boxes", "iou_preds", "points", "stability_score", "crop_boxes")
-
-
-@dataclass
-class MaskCandidates:
-    """Masks of one image with their per-mask values, all in the original image frame.
-
-    ``boxes`` and ``crop_boxes`` are XYXY int64, ``points`` the float64 prompt of each mask.
-    """
-
-    rles: PackedRLEs
-    boxes: torch.Tensor
-    iou_preds: torch.Tensor
-    points: torch.Tensor
-    stability_score: torch.Tensor
-    crop_boxes: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.rles)
-
-    def select(self, index: torch.Tensor) -> MaskCandidates:
-        """The masks at ``index`` (int64 positions or a bool mask), in that order."""
-        index = torch.as_tensor(index).cpu()
-        fields = {name: getattr(self, name)[index] for name in _TENSOR_FIELDS}
-        return MaskCandidates(rles=self.rles.select(index), **fields)
-
-    @staticmethod
-    def cat(parts: Sequence[MaskCandidates], height: int, width: int) -> MaskCandidates:
-        if not parts:
-            return MaskCandidates.empty(height, width)
-        fields = {name: torch.cat([getattr(p, name) for p in parts]) for name in _TENSOR_FIELDS}
-        return MaskCandidates(rles=PackedRLEs.cat([p.rles for p in parts], height, width), **fields)
-
-    @staticmethod
-    def empty(height: int, width: int) -> MaskCandidates:
-        return MaskCandidates(
-            rles=PackedRLEs.empty(height, width),
-            boxes=torch.zeros(0, 4, dtype=torch.int64),
-            iou_preds=torch.zeros(0),
-            points=torch.zeros(0, 2, dtype=torch.float64),
-            stability_score=torch.zeros(0),
-            crop_boxes=torch.zeros(0, 4, dtype=torch.int64),
-        )
+#: A whole image's embedding as ``SamPredictor.set_features`` takes it.
+Embedding = tuple[torch.Tensor, list[tuple[int, int]], list[tuple[int, int]]]
 
 
 class SamAutomaticMaskGenerator:
@@ -171,21 +130,42 @@ class SamAutomaticMaskGenerator:
         ``output_mode``), ``area``, ``bbox`` (XYWH), ``predicted_iou``, ``point_coords``,
         ``stability_score`` and ``crop_box`` (XYWH), as the official generator's.
         """
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-            shape = getattr(image, "shape", None)
-            raise ValueError(f"image must be an H x W x 3 numpy array, got shape {shape}")
-        if image.dtype != np.uint8:
-            raise ValueError(f"image must be uint8, got {image.dtype}")
-        if image.shape[0] == 0 or image.shape[1] == 0:
-            raise ValueError(f"image is empty: shape {list(image.shape)}")
-        masks = self.generate_candidates(image)
-        return self.to_records(masks)
+        _check_image(image)
+        return self.to_records(self.generate_candidates(image))
 
     @torch.inference_mode()
-    def generate_candidates(self, image: np.ndarray) -> MaskCandidates:
-        """The generator's masks before they are turned into records."""
+    def generate_batch(self, images: Sequence[np.ndarray]) -> list[list[dict[str, Any]]]:
+        """:meth:`generate` of each image, the whole-image crops of all of them embedded in
+        one encoder call (the smaller crops of ``crop_n_layers > 0`` one at a time). On CPU
+        a batch can change the embeddings in the last float bits, so records may differ from
+        :meth:`generate`'s within that tolerance (masks at a threshold's edge can flip)."""
+        for image in images:
+            _check_image(image)
+        if not images:
+            return []
+        self.predictor.set_image_batch(images)
+        predictor = self.predictor
+        features, originals, inputs = (
+            predictor.features,
+            predictor.original_sizes,
+            predictor.input_sizes,
+        )
+        predictor.reset_image()
+        return [
+            self.to_records(
+                self.generate_candidates(image, (features[i : i + 1], [originals[i]], [inputs[i]]))
+            )
+            for i, image in enumerate(images)
+        ]
+
+    @torch.inference_mode()
+    def generate_candidates(
+        self, image: np.ndarray, embedding: Embedding | None = None
+    ) -> MaskCandidates:
+        """The generator's masks before they are turned into records; ``embedding`` is the
+        whole image's (features, original sizes, input sizes) when already computed."""
         height, width = image.shape[:2]
-        masks = self._generate_masks(image)
+        masks = self._generate_masks(image, embedding)
         if self.min_mask_region_area > 0:
             nms_thresh = max(self.box_nms_thresh, self.crop_nms_thresh)
             masks = self.postprocess_small_regions(masks, self.min_mask_region_area, nms_thresh)
@@ -232,12 +212,15 @@ class SamAutomaticMaskGenerator:
 
     # ------------------------------------------------------------------------- pipeline
 
-    def _generate_masks(self, image: np.ndarray) -> MaskCandidates:
+    def _generate_masks(self, image: np.ndarray, embedding: Embedding | None) -> MaskCandidates:
         height, width = image.shape[:2]
         crop_boxes, layers = generate_crop_boxes(
             (height, width), self.crop_n_layers, self.crop_overlap_ratio
         )
-        parts = [self._process_crop(image, box, layer) for box, layer in zip(crop_boxes, layers)]
+        parts = [
+            self._process_crop(image, box, layer, embedding if layer == 0 else None)
+            for box, layer in zip(crop_boxes, layers)
+        ]
         masks = MaskCandidates.cat(parts, height, width)
         if len(crop_boxes) > 1 and len(masks):
             # Prefer masks from smaller crops.
@@ -253,11 +236,16 @@ class SamAutomaticMaskGenerator:
             masks = masks.select(keep)
         return masks
 
-    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int) -> MaskCandidates:
+    def _process_crop(
+        self, image: np.ndarray, crop_box: list[int], layer: int, embedding: Embedding | None
+    ) -> MaskCandidates:
         x0, y0, x1, y1 = crop_box
         height, width = image.shape[:2]
         crop = image[y0:y1, x0:x1, :]
-        self.predictor.set_image(crop)
+        if embedding is None:
+            self.predictor.set_image(crop)
+        else:  # layer 0: the whole image, embedded by generate_batch
+            self.predictor.set_features(*embedding)
         crop_size = crop.shape[:2]
         points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
         parts = [
@@ -399,6 +387,17 @@ class SamAutomaticMaskGenerator:
             crop_boxes=masks.crop_boxes,
         )
         return masks.select(keep)
+
+
+def _check_image(image: Any) -> None:
+    """Raises ValueError unless ``image`` is a non-empty ``H x W x 3`` uint8 array."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"image must be an H x W x 3 numpy array, got shape {shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty: shape {list(image.shape)}")
 
 
 def _check_grid(grid: Any, layer: int) -> np.ndarray:

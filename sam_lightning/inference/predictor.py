@@ -111,7 +111,7 @@ class SamPredictor:
             raise ValueError(f"original_image_size must be (H, W), got {original_image_size}")
         self.reset_image()
         input_image = self.model.preprocess(transformed_image)
-        self._set_features(
+        self.set_features(
             self.model.image_encoder(input_image),
             [(int(original_image_size[0]), int(original_image_size[1]))],
             [(shape[2], shape[3])],
@@ -125,18 +125,20 @@ class SamPredictor:
             raise ValueError("set_image_batch needs at least one image, got an empty list")
         inputs = [self._to_input(im, image_format, f"images[{i}]") for i, im in enumerate(images)]
         self.reset_image()
-        self._set_features(
+        self.set_features(
             self.model.encode_images(inputs),
             [(im.shape[0], im.shape[1]) for im in images],
             [(x.shape[1], x.shape[2]) for x in inputs],
         )
 
-    def _set_features(
+    def set_features(
         self,
         features: torch.Tensor,
         original_sizes: list[tuple[int, int]],
         input_sizes: list[tuple[int, int]],
     ) -> None:
+        """Sets embeddings computed elsewhere (``B x C x h x w``, e.g. rows of an earlier
+        :meth:`set_image_batch`) with each image's original and resized (H, W)."""
         self.features = features
         self.original_sizes, self.input_sizes = original_sizes, input_sizes
         self.original_size, self.input_size = original_sizes[0], input_sizes[0]
@@ -350,7 +352,7 @@ class SamPredictor:
         never exists as full-size floats (64 boxes x 3 masks at 1024x1536 would be 1.2 GB)."""
         dtype = low_res.dtype if return_logits else torch.bool
         out = torch.empty((*low_res.shape[:2], *original_size), dtype=dtype, device=low_res.device)
-        largest = max(self.transform.target_length ** 2, original_size[0] * original_size[1])
+        largest = max(self.transform.target_length**2, original_size[0] * original_size[1])
         chunk = max(1, POSTPROCESS_CHUNK_ELEMENTS // (low_res.shape[1] * largest))
         for start in range(0, low_res.shape[0], chunk):
             part = slice(start, start + chunk)

@@ -43,6 +43,7 @@ class AmgSettings(LaunchSettings):
     model: ModelSettings
     amg: GeneratorSettings = field(default_factory=GeneratorSettings)
     recursive: bool = False
+    images_per_batch: int = 2  # images embedded by one encoder call (1: bit-exact per image)
     device: str = "auto"
     progress: bool = True
 
@@ -52,6 +53,4 @@ def check(config: Mapping[str, Any]) -> list[str]:
     problems = check_settings(config, AmgSettings)
     if problems:
         return problems
-    return launch_problems(
-        config["devices"], config["num_nodes"], config["num_workers"], config["timeout_s"]
-    )
+    return launch_problems(config, images_per_batch="images per encoder call")

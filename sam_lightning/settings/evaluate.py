@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+from sam_lightning.settings.launch import LaunchSettings, launch_problems
 from sam_lightning.settings.model import TextModelSettings
 from sam_lightning.settings.schema import OneOf, check_settings
 
@@ -160,9 +161,10 @@ class EvaluateLoggerSettings:
     name: str | None = None
 
 
-@dataclass
-class EvaluateSettings:
-    """The whole ``conf/evaluate.yaml`` with its task."""
+@dataclass(kw_only=True)
+class EvaluateSettings(LaunchSettings):
+    """The whole ``conf/evaluate.yaml`` with its task (and the launch keys of
+    ``conf/launch/default.yaml``)."""
 
     model: TextModelSettings
     eval: Annotated[dict, OneOf("task", {task: eval for task, (eval, _) in TASKS.items()})]
@@ -172,12 +174,18 @@ class EvaluateSettings:
     progress: bool = True
     logger: EvaluateLoggerSettings = field(default_factory=EvaluateLoggerSettings)
     sweep_name: str = ""
+    run_name: str = ""  # the run directory outputs/evaluate/<task>/<run_name>
+    resume: bool = False  # continue the unfinished run in the run directory
+    commit_every: int = 16  # images per committed chunk of predictions, per rank
 
 
 def check(config: Mapping[str, Any]) -> list[str]:
     """The problems of a composed evaluation config (its ``data`` checked against the
     task's declaration)."""
     problems = check_settings(config, EvaluateSettings)
+    if problems:
+        return problems
+    problems = launch_problems(config, commit_every="images per chunk")
     eval_cfg = config.get("eval")
     task = eval_cfg.get("task") if isinstance(eval_cfg, Mapping) else None
     if task in TASKS:

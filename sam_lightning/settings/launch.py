@@ -4,6 +4,7 @@ stated at the top level of the command's config: ``devices=2 accelerator=cpu``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -27,17 +28,24 @@ class LaunchSettings:
     timeout_s: float = 1800.0  # the longest wait for another rank (collectives, progress)
 
 
-def launch_problems(devices: Any, num_nodes: Any, num_workers: Any, timeout_s: Any) -> list[str]:
-    """Values of the declared types that still cannot launch a job, one line each (values
-    not known before the run, such as interpolations, are left alone)."""
+def launch_problems(config: Mapping[str, Any], **at_least_one: str) -> list[str]:
+    """Values of the declared types in a command's ``config`` that still cannot launch a job,
+    one line each: the launch keys, and the command's keys in ``at_least_one`` (key -> what
+    it counts) that must be at least 1. Values not known before the run, such as
+    interpolations, are left alone."""
     bounds = [
-        ("devices", devices, 1, "must be at least 1 (processes per node)"),
-        ("num_nodes", num_nodes, 1, "must be at least 1"),
-        ("num_workers", num_workers, 0, "must be 0 (read in the main process) or more"),
-        ("timeout_s", timeout_s, 1e-9, "must be positive (seconds)"),
+        ("devices", 1, "must be at least 1 (processes per node)"),
+        ("num_nodes", 1, "must be at least 1"),
+        ("num_workers", 0, "must be 0 (read in the main process) or more"),
+        ("timeout_s", 1e-9, "must be positive (seconds)"),
+        *((key, 1, f"must be at least 1 ({what})") for key, what in at_least_one.items()),
     ]
     return [
-        f"{key}={value}: {rule}"
-        for key, value, lowest, rule in bounds
-        if isinstance(value, int | float) and not isinstance(value, bool) and value < lowest
+        f"{key}={config.get(key)}: {rule}"
+        for key, lowest, rule in bounds
+        if _is_number(config.get(key)) and config.get(key) < lowest
     ]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

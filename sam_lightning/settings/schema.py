@@ -192,9 +192,7 @@ def _is_structured(hint: Any) -> bool:
 def _choice_problem(value: Any, choices: list[str], key: str, problems: list[str]) -> None:
     hint = closest(str(value), choices)
     suggestion = f"; did you mean {' or '.join(hint)}?" if hint else ""
-    problems.append(
-        f"{key}={_show(value)}: not one of {', '.join(map(str, choices))}{suggestion}"
-    )
+    problems.append(f"{key}={_show(value)}: not one of {', '.join(map(str, choices))}{suggestion}")
 
 
 def _allows_none(hint: Any) -> bool:

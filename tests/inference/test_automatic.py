@@ -181,6 +181,30 @@ def test_matches_official_with_random_weights(output_mode, random_pair, official
         assert {k: type(v) for k, v in our.items()} == {k: type(v) for k, v in ref.items()}
 
 
+@pytest.mark.parametrize("crop_n_layers", [0, 1])
+def test_a_batch_of_images_matches_the_official_one_at_a_time(
+    crop_n_layers, random_pair, official, images
+):
+    """``generate_batch`` embeds the whole images together (the crops one at a time): each
+    image's masks are the official generator's on that image alone, within the tolerance of
+    :func:`assert_same_masks` (a batch may change the embedding in the last float bits)."""
+    params = dict(
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        crop_n_layers=crop_n_layers,
+        output_mode="coco_rle",
+    )
+    batch = [images["coffee"], images["chelsea"][:200], images["coffee"][::-1, :300].copy()]
+    ours = SamAutomaticMaskGenerator(random_pair[1], **params).generate_batch(batch)
+    official_generator = official.SamAutomaticMaskGenerator(random_pair[0], **params)
+    assert len(ours) == len(batch)
+    for image, records in zip(batch, ours):
+        assert_same_masks(official_generator.generate(image), records)
+        assert records[0]["segmentation"]["size"] == list(image.shape[:2])
+
+
 def test_explicit_point_grids(localising_pair, official, images):
     rng = np.random.default_rng(0)
     grids = [rng.uniform(0.05, 0.95, size=(40, 2)), rng.uniform(0.05, 0.95, size=(12, 2))]
