@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,7 @@ class ShardedItemMap:
         mine = self.ranks.shard(pending)
         chunks = _Chunks(self.directory / "parts", run_id, self.ranks.rank, self.commit_every)
         tracker = RankProgress(self.directory / "ranks", run_id, self.ranks, total=len(mine))
+        start = time.perf_counter()
         show = self.progress and self.ranks.is_zero
         bar = tqdm(total=len(pending), desc=desc, unit="img", disable=not show)
         try:
@@ -165,7 +167,9 @@ class ShardedItemMap:
                 f"{len(missing)} of {count} items have no saved predictions in "
                 f"{self.directory / 'parts'} (first: item {missing[0]}); was a file removed?"
             )
-        self._write_manifest(count, complete=True)
+        seconds = time.perf_counter() - start
+        self._write_manifest(count, complete=True, seconds=seconds, computed=len(pending))
+        log.info("%s: %d of %d images computed in %.1f s", desc, len(pending), count, seconds)
         return [values[index] for index in range(count)]
 
     def _plan(self, count: int) -> dict[str, Any]:
@@ -200,8 +204,15 @@ class ShardedItemMap:
         self._write_manifest(count, complete=False)
         return {"pending": [i for i in range(count) if i not in done], "run": new_run_id()}
 
-    def _write_manifest(self, count: int, complete: bool) -> None:
-        document = {"manifest": _plain(self.manifest), "items": count, "complete": complete}
+    def _write_manifest(self, count: int, complete: bool, **timing: float) -> None:
+        """``manifest.json``; a finished run adds ``seconds`` (its loop, the wait for the
+        other ranks included) and ``computed`` (items computed by this run)."""
+        document = {
+            "manifest": _plain(self.manifest),
+            "items": count,
+            "complete": complete,
+            **timing,
+        }
         write_atomic(self.directory / "manifest.json", json.dumps(document, indent=1).encode())
 
 
