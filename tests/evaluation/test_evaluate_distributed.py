@@ -112,6 +112,22 @@ def test_the_metrics_do_not_depend_on_the_world_size(task, datasets, tmp_path):
     assert (tmp_path / "two" / "evaluate.rank1.log").is_file()
 
 
+def test_torchrun_ranks_give_the_same_metrics(datasets, tmp_path):
+    """Ranks started by torchrun (Lightning's TorchElasticEnvironment), not by the command."""
+    task, data = "points_coco", datasets["points_coco"]
+    status, log = finish(evaluate(tmp_path / "one", task, data))
+    assert status == 0, log[-3000:]
+    script = tmp_path / "launch_evaluate.py"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    command = [*torchrun, str(script), f"+eval={task}", *SETTINGS, *TASKS[task], *data]
+    run_dir = tmp_path / "torchrun"
+    calls_log = {"EVAL_TEST_LOG": str(tmp_path / "torchrun.calls")}
+    status, log = finish(start([*command, f"hydra.run.dir={run_dir}", "devices=2"], calls_log))
+    assert status == 0, log[-3000:]
+    assert outputs(run_dir) == outputs(tmp_path / "one")
+    assert {rank for rank, _ in calls(run_dir)} == {0, 1}
+
+
 def test_kill_9_then_resume_at_another_world_size(datasets, tmp_path):
     task, data = "proposals_lvis", datasets["proposals_lvis"]
     status, log = finish(evaluate(tmp_path / "reference", task, data))
