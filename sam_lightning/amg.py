@@ -50,9 +50,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
 from sam_lightning.data.image_folder import ImageJob, ImageReader, as_is, collect_images
 from sam_lightning.data.sa1b import (
     LOGS_DIR,
@@ -69,7 +66,7 @@ from sam_lightning.distributed import (
     new_run_id,
     wait_for_ranks,
 )
-from sam_lightning.file_io import remove_temp_files, write_atomic
+from sam_lightning.file_io import DEFAULT_MAX_IMAGE_PIXELS, remove_temp_files, write_atomic
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -135,6 +132,7 @@ def generate_folder(
     timeout_s: float = 1800.0,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     images_per_batch: int = 1,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> AmgSummary:
     """Runs ``generator`` on every image of ``input`` and writes ``<output>/<name>.json``
     (SA-1B layout), skipping images done by an earlier run; rank 0 writes ``_summary.json``
@@ -146,15 +144,20 @@ def generate_folder(
     :meth:`~sam_lightning.inference.automatic.SamAutomaticMaskGenerator.generate_batch`).
     With several ``ranks``, each
     takes every N-th image still to do; rank 0 waits for the others through their progress
-    files, at most ``timeout_s`` without news from one. Unreadable images are logged and
-    listed in ``summary.failed``; errors of the generator itself propagate (files written
-    so far stay, a rerun resumes).
+    files, at most ``timeout_s`` without news from one. Unreadable images, and those with
+    more than ``max_image_pixels`` pixels (None: no limit), are logged and listed in
+    ``summary.failed``, and so are images the generator refuses with a ValueError (see
+    :func:`_process`); other errors of the generator propagate (files written so far stay,
+    a rerun resumes).
 
     Raises:
         FileNotFoundError, ValueError: see :func:`collect_images`; ValueError also if the
             generator does not return COCO RLEs.
         RankError: another rank failed or went silent.
     """
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     if images_per_batch < 1:
         raise ValueError(f"images_per_batch must be at least 1, got {images_per_batch}")
     mode = getattr(generator, "output_mode", "coco_rle")
@@ -195,7 +198,7 @@ def generate_folder(
                 _show(bar, summary, tracker.done_everywhere())
                 batch.clear()
 
-            for index, image, reason in _image_loader(mine, num_workers):
+            for index, image, reason in _image_loader(mine, num_workers, max_image_pixels):
                 if image is None:
                     log.error("skipping image %s: %s", mine[index].path, reason)
                     summary.failed.append({"image": str(mine[index].path), "error": str(reason)})
@@ -232,11 +235,11 @@ def _target(output: Path, job: ImageJob) -> Path:
     return output / f"{job.name}.json"
 
 
-def _image_loader(jobs: list[ImageJob], num_workers: int) -> Any:
+def _image_loader(jobs: list[ImageJob], num_workers: int, max_image_pixels: int | None) -> Any:
     from torch.utils.data import DataLoader
 
     return DataLoader(
-        ImageReader(jobs),
+        ImageReader(jobs, max_image_pixels),
         batch_size=None,
         collate_fn=as_is,
         num_workers=num_workers if jobs else 0,
@@ -250,19 +253,42 @@ def _process(
     output: Path,
     summary: AmgSummary,
 ) -> None:
-    """Generates and writes the masks of a batch of decoded images."""
+    """Generates and writes the masks of a batch of decoded images. An image the generator
+    refuses with a ValueError (one it cannot process, e.g. empty crop windows of an image a
+    few pixels wide) is logged, listed in ``summary.failed`` and skipped; a batch with one
+    is redone image by image."""
     images = [image for _, image in batch]
     if len(images) > 1 and hasattr(generator, "generate_batch"):
-        per_image = generator.generate_batch(images)
+        try:
+            per_image = generator.generate_batch(images)
+        except ValueError:
+            per_image = [_generate_one(generator, job, image, summary) for job, image in batch]
     else:
-        per_image = [generator.generate(image) for image in images]
+        per_image = [_generate_one(generator, job, image, summary) for job, image in batch]
     for (job, image), records in zip(batch, per_image):
+        if records is None:
+            continue
         height, width = image.shape[:2]
         image_id = sa1b_image_id(job.name)
         document = make_sa1b_document(records, image_id, width, height, job.file_name)
         write_sa1b_json(_target(output, job), document)
         summary.written += 1
         summary.masks += len(records)
+
+
+def _generate_one(
+    generator: MaskGenerator, job: ImageJob, image: Any, summary: AmgSummary
+) -> list[dict[str, Any]] | None:
+    """The generator's records for one image, or None (logged and listed in
+    ``summary.failed``) if it refuses the image with a ValueError."""
+    try:
+        return generator.generate(image)
+    except ValueError as error:
+        height, width = image.shape[:2]
+        reason = f"mask generation failed for this {width}x{height} image: {error}"
+        log.error("skipping image %s: %s", job.path, reason)
+        summary.failed.append({"image": str(job.path), "error": reason})
+        return None
 
 
 def _counts(summary: AmgSummary) -> dict[str, Any]:
@@ -305,7 +331,7 @@ def _log_summary(summary: AmgSummary) -> None:
     )
     if summary.failed:
         log.error(
-            "%d image(s) could not be read:\n  %s",
+            "%d image(s) skipped (unreadable, too large, or refused by the generator):\n  %s",
             len(summary.failed),
             "\n  ".join(f"{f['image']}: {f['error']}" for f in summary.failed),
         )
@@ -351,6 +377,7 @@ def run_amg(
     image_size: int = 1024,
     num_workers: int = 2,
     images_per_batch: int = 1,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     **options: Any,
 ) -> AmgSummary:
     """Builds the generator (:func:`build_generator`) and runs :func:`generate_folder` in
@@ -366,6 +393,7 @@ def run_amg(
         progress,
         num_workers,
         images_per_batch=images_per_batch,
+        max_image_pixels=max_image_pixels,
     )
 
 
@@ -412,6 +440,7 @@ def run_from_config(cfg: DictConfig) -> int:
             cfg.timeout_s,
             fabric.autocast,
             cfg.images_per_batch,
+            cfg.max_image_pixels,
         )
     except RankError as error:
         log.error("%s", error)
@@ -426,6 +455,9 @@ def run_from_config(cfg: DictConfig) -> int:
 
 def main() -> int:
     """``python -m sam_lightning.amg key=value ...`` (Hydra overrides of ``conf/amg.yaml``)."""
+    from sam_lightning.extras import require_extra
+
+    require_extra("python -m sam_lightning.amg", "cli")
     from sam_lightning.entry_points import hydra_main
     from sam_lightning.settings import amg
 

@@ -127,7 +127,15 @@ def build_model(
     """SAM of ``model_type`` from ``checkpoint`` for ``image_size`` inputs (with a text
     projection of ``text_embed_dim``), on ``device`` in eval mode. Without a checkpoint the
     weights are random, seeded with ``seed``, and a warning says how to pass the official
-    ones (``checkpoint_flag``: the option of the calling command)."""
+    ones (``checkpoint_flag``: the option of the calling command).
+
+    Raises:
+        FileNotFoundError: no such checkpoint.
+        CheckpointError: (:mod:`sam_lightning.modeling.checkpoint`, a ValueError) the file
+            is empty, truncated, corrupt, no checkpoint or unsafe: one line, for the commands
+            to print as it is.
+        ValueError: the weights do not fit ``model_type`` at ``image_size``.
+    """
     import torch
 
     from sam_lightning.modeling.build import build_sam

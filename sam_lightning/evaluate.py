@@ -72,6 +72,27 @@ def load_adapter(task: Any) -> Adapter:
     return getattr(importlib.import_module(module), name)
 
 
+#: ``data`` keys (all tasks) and ``eval`` keys that name files or directories.
+DATA_PATH_KEYS = ("images", "annotations", "detections", "root", "refs", "instances")
+EVAL_PATH_KEYS = ("edges_from",)
+
+
+def missing_paths(config: Mapping[str, Any]) -> list[str]:
+    """``<key>=<path>: not found`` for every data, ``eval`` and ``eval.clip.path`` path of
+    ``config`` that does not exist (checked before a model or a W&B run is made)."""
+    given = [(f"data.{key}", config.get("data", {}).get(key)) for key in DATA_PATH_KEYS]
+    eval_cfg = config.get("eval") or {}
+    given += [(f"eval.{key}", eval_cfg.get(key)) for key in EVAL_PATH_KEYS]
+    clip = eval_cfg.get("clip")
+    if isinstance(clip, Mapping):
+        given.append(("eval.clip.path", clip.get("path")))
+    return [
+        f"{key}={value}: not found"
+        for key, value in given
+        if isinstance(value, str) and value not in ("", "???") and not Path(value).exists()
+    ]
+
+
 def model_factory(model_cfg: Mapping[str, Any], device: str, seed: int = 0) -> Callable[[], Sam]:
     """A zero-argument function that builds ``model.type`` (with ``model.checkpoint``,
     ``model.image_size`` and, for text prompts, ``model.text_embed_dim``) on ``device`` in
@@ -140,6 +161,7 @@ def evaluate(
 
     Raises:
         UnknownTaskError: ``eval`` or ``eval.task`` is missing or not a known task.
+        FileNotFoundError: a data path (:func:`missing_paths`) does not exist.
         ResumeError: ``run_dir`` holds an unfinished run and ``resume`` is false, or a
             finished part of one with other settings.
         RankError: another rank failed or went silent.
@@ -155,6 +177,8 @@ def evaluate(
         raise UnknownTaskError(f"no eval task given: pass +eval=<task>, one of {sorted(TASKS)}")
     task = eval_cfg["task"]
     adapter = load_adapter(task)
+    if problems := missing_paths(config):
+        raise FileNotFoundError("; ".join(problems))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = device or resolve_device(config.get("device", "auto"))
@@ -230,6 +254,8 @@ def run_launched(config: dict[str, Any], run_dir: str | os.PathLike[str]) -> int
 
     try:
         load_adapter(config.get("eval", {}).get("task"))
+        if problems := missing_paths(config):
+            raise FileNotFoundError("; ".join(problems))
         if problem := multirun_spawn_problem(int(config.get("devices", 1))):
             raise LaunchError(problem)
         fabric = launch_fabric(
@@ -247,7 +273,7 @@ def run_launched(config: dict[str, Any], run_dir: str | os.PathLike[str]) -> int
     except RankError as error:
         log.error("%s", error)
         return 1
-    except (UnknownTaskError, LaunchError, ResumeError) as error:
+    except (UnknownTaskError, LaunchError, ResumeError, FileNotFoundError) as error:
         log.error("%s", error)
         return 2
     return 0
@@ -278,6 +304,9 @@ def _job_logger(config: dict[str, Any]) -> None:
 def main() -> int:
     """``python -m sam_lightning.evaluate +eval=<task> [key=value ...]``; the exit status is 2
     without a known task or with a required value (``???``, e.g. ``data.images``) unset."""
+    from sam_lightning.extras import require_extra
+
+    require_extra("python -m sam_lightning.evaluate", "eval")
     from omegaconf import DictConfig, OmegaConf
 
     from sam_lightning.entry_points import hydra_main

@@ -26,7 +26,11 @@ import torch
 from torch import Tensor
 
 from sam_lightning.modeling.build import TEXT_PROJECTION, build_sam, sam_model_registry
-from sam_lightning.modeling.checkpoint import load_state_dict_file, save_checkpoint
+from sam_lightning.modeling.checkpoint import (
+    CheckpointError,
+    load_state_dict_file,
+    save_checkpoint,
+)
 
 DEFAULT_IMAGE_SIZE = 1024
 #: Keys named per kind of mismatch in error messages (a wrong model type mismatches all).
@@ -64,6 +68,7 @@ def export_checkpoint(
     Raises:
         FileNotFoundError: no such checkpoint.
         UnsafeCheckpointError: the checkpoint pickles callables or class instances.
+        CheckpointError: the checkpoint is empty, truncated, corrupt or not a checkpoint.
         ValueError: not a training checkpoint, no model type known, or keys or shapes that
             differ from the model's (named in the message).
     """
@@ -104,7 +109,7 @@ def read_training_checkpoint(
     a training checkpoint, read safely onto the CPU.
 
     Raises:
-        FileNotFoundError, UnsafeCheckpointError, ValueError: see :func:`export_checkpoint`.
+        FileNotFoundError, CheckpointError, ValueError: see :func:`export_checkpoint`.
     """
     path = Path(path)
     if path.suffix == ".safetensors" and path.is_file():
@@ -185,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             prefix=args.prefix,
             drop_text=args.drop_text,
         )
+    except CheckpointError as err:  # an unreadable or unsafe file: bad input, like argparse's
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

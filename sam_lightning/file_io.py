@@ -7,7 +7,9 @@ whole new one and an interrupted write leaves only a temporary file that
 :func:`is_temp_file` recognises and :func:`remove_temp_files` cleans up.
 
 Images are decoded by Pillow to H x W x 3 uint8 RGB with the EXIF orientation applied (as
-OpenCV's ``imread`` does); a file Pillow cannot decode raises :class:`UnreadableImageError`.
+OpenCV's ``imread`` does; 16-bit images shifted down 8 bits, 32-bit ones refused); a file
+Pillow cannot decode raises :class:`UnreadableImageError`, and so does one with more pixels
+than the reader's ``max_image_pixels`` (:class:`ImageTooLargeError`).
 
 Annotation files (SA-1B, COCO, LVIS, RefCOCO) raise a subclass of
 :class:`AnnotationFormatError`, which names the file, the field and the problem. The small
@@ -23,8 +25,10 @@ import math
 import os
 import re
 import secrets
+import threading
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -90,26 +94,154 @@ class UnreadableImageError(ValueError):
         super().__init__(f"cannot read image {source}: {reason}")
 
 
-def decode_image(data: bytes, source: str | os.PathLike[str]) -> np.ndarray:
-    """Decodes image bytes to an H x W x 3 uint8 RGB array, EXIF orientation applied (as
-    OpenCV's ``imread`` does). Raises UnreadableImageError (a ValueError) naming ``source``."""
+class ImageTooLargeError(UnreadableImageError):
+    """An image with more pixels than the reader's ``max_image_pixels`` (Pillow's guard
+    against decompression bombs); ``pixels`` is its pixel count (None if Pillow did not say),
+    ``limit`` the limit."""
+
+    def __init__(self, source: str | os.PathLike[str], pixels: int | None, limit: int) -> None:
+        self.pixels, self.limit = pixels, limit
+        count = "more pixels than" if pixels is None else f"{pixels} pixels, more than"
+        super().__init__(
+            source,
+            f"{count} the limit of {limit} (a possible decompression bomb); raise the limit "
+            f"if the image is trusted: max_image_pixels=<pixels> or null (amg), "
+            f"--max-image-pixels <pixels> or none (segment)",
+        )
+
+
+#: The reader's default pixel limit: Pillow's ``Image.MAX_IMAGE_PIXELS`` when this module was
+#: imported (Pillow's default, 89,478,485 pixels, unless changed before). Changing
+#: ``Image.MAX_IMAGE_PIXELS`` later does not change it; pass ``max_image_pixels`` instead.
+DEFAULT_MAX_IMAGE_PIXELS: int | None = Image.MAX_IMAGE_PIXELS
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_PILLOW_LIMIT_LOCK = threading.Lock()
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def check_max_image_pixels(value: Any) -> int | None:
+    """``value`` if it is a valid ``max_image_pixels`` (an int >= 1, or None for no limit);
+    else ValueError."""
+    if value is None or (is_int(value) and value >= 1):
+        return value
+    raise ValueError(f"max_image_pixels must be a number of pixels >= 1 or None, got {value!r}")
+
+
+@contextmanager
+def _pillow_check(max_image_pixels: int | None) -> Iterator[None]:
+    """Pillow's own decompression-bomb check, which reads the process-wide
+    ``Image.MAX_IMAGE_PIXELS`` (a warning above it, an error above twice it), made no
+    stricter than ``max_image_pixels`` for this block: its warning is silenced (the reader
+    checks the size itself) and, for a limit above Pillow's or None, Pillow's limit is None
+    until the block ends. Under a lock, so that readers in several threads of a process
+    restore the same state; other processes are not affected."""
+    with _PILLOW_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved = Image.MAX_IMAGE_PIXELS
+        lift = _lifts_pillow_limit(max_image_pixels)
+        if lift:
+            Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            if lift:
+                Image.MAX_IMAGE_PIXELS = saved
+
+
+def _lifts_pillow_limit(max_image_pixels: int | None) -> bool:
+    """Whether ``max_image_pixels`` allows more pixels than Pillow's own limit."""
+    pillow = Image.MAX_IMAGE_PIXELS
+    return pillow is not None and (max_image_pixels is None or max_image_pixels > pillow)
+
+
+def _is_sixteen_bit(image: Image.Image) -> bool:
+    return image.mode in _SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG")
+
+
+def _check_depth(image: Image.Image, source: str | os.PathLike[str]) -> None:
+    """UnreadableImageError for the 32-bit images :func:`decode_image` refuses."""
+    if (image.mode == "F" or image.mode.startswith("I")) and not _is_sixteen_bit(image):
+        kind = {"F": "32-bit floating-point", "I": "32-bit integer"}.get(image.mode, "integer")
+        raise UnreadableImageError(
+            source,
+            f"{kind} samples (Pillow mode {image.mode}) have no defined 8-bit scale; "
+            "convert the image to 8 or 16 bits per channel",
+        )
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """The H x W x 3 uint8 RGB array of a decoded image (see :func:`decode_image`)."""
+    if _is_sixteen_bit(image):
+        grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.array(image.convert("RGB"))
+
+
+def decode_image(
+    data: bytes,
+    source: str | os.PathLike[str],
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+) -> np.ndarray:
+    """Decodes image bytes to an H x W x 3 uint8 RGB array, EXIF orientation applied, as
+    OpenCV's ``imread(path, IMREAD_COLOR)`` does (but RGB, not BGR):
+
+    - 8-bit images: as stored; grey, palette and CMYK images converted to RGB, alpha dropped.
+    - 16-bit images (Pillow modes ``I;16``, ``I;16B``, ...; ``I`` for a PNG, which is how
+      older Pillow versions give 16-bit grey PNGs): each value shifted down 8 bits
+      (``value >> 8``), grey copied to the three channels. Pillow itself reads 16-bit
+      RGB(A) PNGs and TIFFs as 8-bit RGB(A) by the same shift.
+    - 32-bit images, integer (mode ``I``, e.g. a TIFF) or float (mode ``F``), are refused:
+      UnreadableImageError naming the file and the mode. Their value range is not defined
+      (a float image may hold [0, 1], [0, 255] or any measurement), so no one scaling to
+      8 bits would be right; convert such files first.
+
+    Images with more than ``max_image_pixels`` pixels (default
+    :data:`DEFAULT_MAX_IMAGE_PIXELS`, Pillow's decompression-bomb limit; None: no limit) are
+    refused with :class:`ImageTooLargeError` from their header, before any pixel is
+    decoded. The limit is this call's own: ``Image.MAX_IMAGE_PIXELS`` is left as it is, except
+    during a decode whose limit is above it (see :func:`_pillow_check`).
+
+    Raises UnreadableImageError (a ValueError) naming ``source``; ValueError for an invalid
+    ``max_image_pixels``."""
+    check_max_image_pixels(max_image_pixels)
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+        with _pillow_check(max_image_pixels):
+            image = Image.open(io.BytesIO(data))
+        with image:
+            width, height = image.size
+            if max_image_pixels is not None and width * height > max_image_pixels:
+                raise ImageTooLargeError(source, width * height, max_image_pixels)
+            _check_depth(image, source)
+            # Pillow checks sizes again while decoding some formats (TIFF tiles, GIF frames)
+            lift = _lifts_pillow_limit(max_image_pixels)
+            with _pillow_check(max_image_pixels) if lift else nullcontext():
+                image.load()
+                return _to_rgb(ImageOps.exif_transpose(image))
+    except UnreadableImageError:
+        raise
+    except Image.DecompressionBombError as error:  # Pillow's own limit: at most ours
+        found = _BOMB_PIXELS.search(str(error))
+        pillow = Image.MAX_IMAGE_PIXELS
+        limit = max_image_pixels if max_image_pixels is not None else 2 * (pillow or 0)
+        raise ImageTooLargeError(source, int(found[1]) if found else None, limit) from None
     except UnidentifiedImageError:
         raise UnreadableImageError(source, "not an image in a format Pillow reads") from None
-    except (OSError, SyntaxError, ValueError) as error:  # truncated, corrupt, too large
+    except (OSError, SyntaxError, ValueError) as error:  # truncated, corrupt
         raise UnreadableImageError(source, str(error) or type(error).__name__) from None
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Reads an image file as :func:`decode_image` does. Raises FileNotFoundError ("image
-    file not found: <path>") or another OSError if the file cannot be read, and
-    UnreadableImageError if it is not an image."""
+def read_image(
+    path: str | os.PathLike[str], max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> np.ndarray:
+    """Reads an image file as :func:`decode_image` does (with its ``max_image_pixels``).
+    Raises FileNotFoundError ("image file not found: <path>") or another OSError if the file
+    cannot be read, and UnreadableImageError if it is not an image, or one this reader
+    refuses (too many pixels, 32-bit samples)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     with open(path, "rb") as handle:
-        return decode_image(handle.read(), path)
+        return decode_image(handle.read(), path, max_image_pixels)
 
 
 # ------------------------------------------------------------------- annotation files

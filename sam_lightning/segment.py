@@ -31,7 +31,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from sam_lightning.entry_points import OFFICIAL_CHECKPOINTS
-from sam_lightning.file_io import read_image, write_atomic
+from sam_lightning.file_io import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    UnreadableImageError,
+    read_image,
+    write_atomic,
+)
 from sam_lightning.inference.predictor import SamPredictor
 from sam_lightning.modeling.build import sam_model_registry
 
@@ -213,20 +218,26 @@ def segment_image(
     image_size: int = 1024,
     texts: Sequence[str] = (),
     clip: str | Path | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> list[dict[str, Any]]:
     """Segments ``image_path`` from XY(label) ``points`` and XYXY ``boxes`` in pixels, or from
     ``texts`` (each with the points; needs ``clip``, the CLIP directory, and a checkpoint
     trained with text prompts) and writes the results to ``output_dir``; returns the mask
     records of masks.json. ``image_size`` is the model's input side (1024 for the official
-    checkpoints; a trained checkpoint needs the size it was trained at).
+    checkpoints; a trained checkpoint needs the size it was trained at). An image with more
+    than ``max_image_pixels`` pixels (None: no limit) is refused, as one that cannot be read
+    (:func:`~sam_lightning.file_io.read_image`).
 
     ``multimask_output=None`` returns 3 masks for a single point or a text alone and 1
-    otherwise. Raises ValueError for invalid prompts, FileNotFoundError for a missing image."""
+    otherwise. Raises ValueError for invalid prompts or ``image_size``, UnreadableImageError
+    (a ValueError) for an unreadable or refused image, FileNotFoundError for a missing one."""
     if not points and not boxes and not texts:
         raise ValueError("give at least one point, box or text prompt")
     if texts and clip is None:
         raise ValueError("text prompts need the CLIP directory (--clip)")
-    image = read_image(image_path)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive number of pixels, got {image_size!r}")
+    image = read_image(image_path, max_image_pixels)
     if multimask_output is None:
         multimask_output = (len(points) == 1 and not boxes and not texts) or (
             bool(texts) and not points
@@ -276,6 +287,34 @@ def parse_box(text: str) -> Box:
     return x0, y0, x1, y1
 
 
+def parse_positive_int(text: str) -> int:
+    """Parses a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def parse_pixel_limit(text: str) -> int | None:
+    """Parses ``--max-image-pixels``: a whole number >= 1, or ``none`` for no limit."""
+    if text.strip().lower() == "none":
+        return None
+    return parse_positive_int(text)
+
+
+def output_problem(output: Path) -> str | None:
+    """Why ``output`` cannot be the output directory (it or a parent is a file), or None."""
+    if output.exists() and not output.is_dir():
+        return f"--output {output} is a file, not a directory"
+    parent = next((p for p in output.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        return f"--output {output} is inside {parent}, which is a file, not a directory"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of :func:`main`."""
     parser = argparse.ArgumentParser(
@@ -298,10 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="vit_b")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help=f"model weights ({OFFICIAL_CHECKPOINTS}); random if omitted")
-    parser.add_argument("--image-size", type=int, default=1024,
+    parser.add_argument("--image-size", type=parse_positive_int, default=1024,
                         help="model input side: 1024 for the official checkpoints, else the "
                         "size the checkpoint was trained at (e.g. 64 for the demo)")
     parser.add_argument("--output", type=Path, required=True, help="output directory")
+    parser.add_argument("--max-image-pixels", type=parse_pixel_limit,
+                        default=DEFAULT_MAX_IMAGE_PIXELS, metavar="PIXELS|none",
+                        help="refuse images with more pixels, Pillow's guard against "
+                        "decompression bombs (default: Pillow's %(default)s); none: no limit")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--multimask", dest="multimask", action="store_const", const=True,
                        help="3 masks per prompt (default for a single point)")
@@ -320,16 +363,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give at least one --point, --box or --text")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         parser.error(f"checkpoint file not found: {args.checkpoint}")
+    if problem := output_problem(args.output):
+        parser.error(problem)
     try:
         torch.device(args.device)
     except RuntimeError as error:
         parser.error(f"invalid --device {args.device!r}: {error}")
+    from sam_lightning.modeling.checkpoint import CheckpointError
+
     try:
         records = segment_image(
             args.image, args.output, args.point, args.box, args.model_type,
             args.checkpoint, args.multimask, args.device, args.image_size, args.text, args.clip,
+            args.max_image_pixels,
         )
-    except (FileNotFoundError, ValueError) as error:
+    except CheckpointError as error:  # an unreadable checkpoint: one line, without the usage
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    except (UnreadableImageError, OSError) as error:  # the image or the output: one line
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except ValueError as error:
         parser.error(str(error))
     for record in records:
         print(f"{args.output / record['file']}: score {record['score']:.3f}, "

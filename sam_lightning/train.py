@@ -5,7 +5,14 @@ Configs are ``conf/train.yaml`` and its groups (``model/``, ``data/``, ``trainer
 resolved config as a plain mapping and the run directory, so it can be called as a library.
 The run directory (``hydra.run.dir``, by default ``outputs/train/<run_name>``) holds the
 resolved config, ``checkpoints/`` (``last.ckpt`` and the best by ``val/miou_1pt``), the
-logs and, at the end of ``fit``, ``metrics.json`` with the final metrics.
+logs (one ``csv/version_0/metrics.csv``, continued by a resumed run) and, at the end of
+``fit``, ``metrics.json`` with the final metrics.
+
+``resume``: ``false`` starts from scratch; ``true`` continues from ``checkpoints/last.ckpt``
+and starts from scratch, with a warning naming it, when there is none; ``must`` refuses to
+start without it (:class:`StartError`, exit status 2). ``ckpt_path`` continues from that
+file in any case. A missing data path, model checkpoint or ``ckpt_path`` is refused the same
+way, before anything is built.
 """
 
 from __future__ import annotations
@@ -20,14 +27,29 @@ from typing import Any
 log = logging.getLogger("sam_lightning.train")
 
 
-def build_loggers(settings: Mapping[str, Any], run_dir: Path, config: Mapping[str, Any]) -> list:
+class StartError(ValueError):
+    """A training run that cannot start (a missing path, ``resume=must`` without a
+    checkpoint); ``lines`` are its problems, one a line."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = list(lines)
+
+
+def build_loggers(
+    settings: Mapping[str, Any], run_dir: Path, config: Mapping[str, Any], start_step: int = 0
+) -> list:
     """Lightning loggers for ``logger.kind`` ``csv`` or ``wandb`` (which also logs the
-    resolved config; ``WANDB_MODE=offline``/``disabled`` is honoured by wandb itself)."""
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+    resolved config; ``WANDB_MODE=offline``/``disabled`` is honoured by wandb itself). The
+    CSV log is ``<run_dir>/csv/version_0/metrics.csv``, continued from global step
+    ``start_step`` (:class:`~sam_lightning.training.checkpointing.ContinuedCSVLogger`)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from sam_lightning.training.checkpointing import ContinuedCSVLogger
 
     kind = settings.get("kind", "csv")
     if kind == "csv":
-        return [CSVLogger(run_dir, name="csv")]
+        return [ContinuedCSVLogger(run_dir, name="csv", start_step=start_step)]
     if kind == "wandb":
         logger = WandbLogger(
             project=settings.get("project", "sam_lightning"),
@@ -63,15 +85,55 @@ def build_strategy(spec: Any) -> Any:
     )
 
 
-def _resume_path(config: Mapping[str, Any], checkpoints: Path) -> str | None:
+def _resume_path(config: Mapping[str, Any], checkpoints: Path) -> tuple[str | None, str | None]:
+    """The checkpoint to continue from (None: from scratch), and the problem that stops the
+    run (``resume=must`` without a checkpoint, a missing ``ckpt_path``) or None."""
     from sam_lightning.training.checkpointing import LAST_CHECKPOINT
 
+    resume = config.get("resume", False)
+    if not (isinstance(resume, bool) or resume == "must"):
+        raise ValueError(f"resume must be false, true or must, got {resume!r}")
     if config.get("ckpt_path"):
-        return str(config["ckpt_path"])
+        path = Path(config["ckpt_path"])
+        if not path.is_file():
+            return None, f"ckpt_path={path}: no such checkpoint file"
+        return str(path), None
     last = checkpoints / LAST_CHECKPOINT
-    if config.get("resume") and last.is_file():
-        return str(last)
-    return None
+    if not resume:
+        if last.is_file():
+            log.warning(
+                "resume=false: starting from scratch; %s and the logs of the run directory "
+                "will be overwritten (resume=true continues from it)",
+                last,
+            )
+        return None, None
+    if last.is_file():
+        return str(last), None
+    if resume == "must":
+        return None, f"resume=must: no checkpoint to continue from, {last} does not exist"
+    log.warning(
+        "resume=true: no checkpoint at %s, starting from scratch (resume=must refuses to)",
+        last,
+    )
+    return None, None
+
+
+def start_problems(config: Mapping[str, Any], run_dir: Path) -> tuple[str | None, list[str]]:
+    """What :func:`train` checks before building anything: the checkpoint to continue from
+    (see :func:`_resume_path`) and the problems that stop the run, one a line: each missing
+    data path (:func:`~sam_lightning.data.datamodule.missing_paths`), a missing
+    ``model.checkpoint`` or ``ckpt_path``, ``resume=must`` without a checkpoint."""
+    from sam_lightning.data.datamodule import missing_paths
+
+    data = config.get("data") or {}
+    problems = missing_paths(data.get("train"), data.get("val"))
+    checkpoint = (config.get("model") or {}).get("checkpoint")
+    if checkpoint is not None and not Path(str(checkpoint)).is_file():
+        problems.append(f"model.checkpoint={checkpoint}: no such file")
+    resume_from, problem = _resume_path(config, run_dir / "checkpoints")
+    if problem:
+        problems.append(problem)
+    return resume_from, problems
 
 
 def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
@@ -82,10 +144,21 @@ def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
 
     from sam_lightning.data.datamodule import SamDataModule
     from sam_lightning.file_io import write_atomic
-    from sam_lightning.training.checkpointing import AtomicCheckpointIO, SaveLast
+    from sam_lightning.training.checkpointing import (
+        AtomicCheckpointIO,
+        SaveLast,
+        checkpoint_step,
+    )
     from sam_lightning.training.module import SamTrainingModule
 
     run_dir = Path(run_dir)
+    resume_from, problems = start_problems(config, run_dir)
+    if problems:
+        raise StartError(problems)
+    start_step = 0
+    if resume_from is not None:
+        start_step = checkpoint_step(resume_from)
+        log.info("continuing from %s (step %d)", resume_from, start_step)
     model, optim, training = config["model"], config["optim"], config["training"]
     L.seed_everything(int(config["seed"]), workers=True)
     datamodule = SamDataModule(
@@ -104,7 +177,7 @@ def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
         dirpath=checkpoints, filename="best-{step}", monitor="val/miou_1pt", mode="max"
     )
     last = SaveLast(checkpoints, every_n_steps=int(config["checkpoint"]["every_n_steps"]))
-    loggers = build_loggers(config["logger"], run_dir, config)
+    loggers = build_loggers(config["logger"], run_dir, config, start_step)
     trainer = L.Trainer(
         default_root_dir=run_dir,
         logger=loggers,
@@ -116,7 +189,7 @@ def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
     trainer.fit(
         module,
         datamodule=datamodule,
-        ckpt_path=_resume_path(config, checkpoints),
+        ckpt_path=resume_from,
         weights_only=True,  # AtomicCheckpointIO loads with weights_only=True in any case
     )
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
@@ -139,7 +212,11 @@ def main() -> int:
     """``python -m sam_lightning.train +exp=<name> [key=value ...]``; the exit status is 2
     when a setting is unknown or has a wrong value, or a required setting (``???`` or an
     experiment's ``${sam_required:...}``, e.g. ``model.checkpoint`` or ``data.train.roots``)
-    is not given."""
+    is not given, or the run cannot start (:class:`StartError`: a missing path,
+    ``resume=must`` without a checkpoint), with one line per problem on stderr."""
+    from sam_lightning.extras import require_extra
+
+    require_extra("python -m sam_lightning.train", "train")
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
@@ -147,7 +224,13 @@ def main() -> int:
     from sam_lightning.settings import train as settings
 
     def run(cfg: DictConfig) -> int:
-        train(OmegaConf.to_container(cfg, resolve=True), HydraConfig.get().runtime.output_dir)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        try:
+            train(config, HydraConfig.get().runtime.output_dir)
+        except StartError as error:
+            for line in error.lines:
+                print(f"error: {line}", file=sys.stderr)
+            return 2
         return 0
 
     return hydra_main("train", run, settings.TrainSettings, settings.check)

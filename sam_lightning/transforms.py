@@ -23,9 +23,11 @@ class ResizeLongestSide:
     @staticmethod
     def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
         """(H, W) after scaling the longest side of an ``oldh`` x ``oldw`` image to
-        ``long_side_length``, each side rounded half up."""
+        ``long_side_length``, each side rounded half up and at least 1 pixel (the official
+        code rounds the short side of an image more than ``2 * long_side_length`` times
+        wider than tall to 0; every other shape gives the official size)."""
         scale = long_side_length * 1.0 / max(oldh, oldw)
-        return int(oldh * scale + 0.5), int(oldw * scale + 0.5)
+        return max(1, int(oldh * scale + 0.5)), max(1, int(oldw * scale + 0.5))
 
     def _target_shape(self, original_size: tuple[int, ...]) -> tuple[int, int]:
         return self.get_preprocess_shape(original_size[0], original_size[1], self.target_length)

@@ -132,7 +132,7 @@ def test_unreadable_images_are_reported_and_skipped(photos, tmp_path, generator,
     assert "truncated" in summary.failed[1]["error"]
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any(f"skipping image {photos / 'c.jpg'}" in m for m in errors)
-    assert any("2 image(s) could not be read" in m and "d.png" in m for m in errors)
+    assert any("2 image(s) skipped" in m and "d.png" in m for m in errors)
     on_disk = json.loads((out / "_summary.json").read_text())
     assert on_disk["failed"] == summary.failed
 

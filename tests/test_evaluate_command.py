@@ -274,6 +274,27 @@ def test_the_command_without_a_known_task_or_data_fails_clearly(tmp_path, coco):
     assert not (tmp_path / "x" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("task", "data"),
+    [
+        ("points_coco", ["data.images={root}", "data.annotations={root}/missing.json"]),
+        ("edges_bsds", ["data.root={root}/no_bsds"]),
+        ("instances_coco", ["data.images={root}", "data.annotations={root}/instances.json",
+                            "data.detections={root}/no_boxes.json"]),
+    ],
+)  # fmt: skip
+def test_a_missing_data_path_fails_before_a_model_or_wandb_run(task, data, tmp_path, coco):
+    root = coco[0].split("=", 1)[1]
+    args = [item.format(root=root) for item in data]
+    out = tmp_path / "out"
+    result = run_command(f"+eval={task}", *TINY_MODEL, *args, f"hydra.run.dir={out}")
+    output = result.stdout + result.stderr
+    missing = args[-1].split("=", 1)
+    assert result.returncode == 2, output[-3000:]
+    assert f"{missing[0]}={missing[1]}: not found" in output and "Traceback" not in output
+    assert not (out / "wandb").exists() and "random weights" not in output
+
+
 def test_bad_launch_settings_fail_before_anything_runs(tmp_path, coco):
     result = run_command("+eval=points_coco", *TINY_MODEL, *coco, "devices=0", cwd=tmp_path)
     assert result.returncode == 2 and "devices=0: must be at least 1" in result.stderr

@@ -137,6 +137,9 @@ def run_from_config(cfg: DictConfig) -> int:
 
 def main() -> int:
     """``python -m sam_lightning.annotate key=value ...`` (overrides of ``conf/annotate.yaml``)."""
+    from sam_lightning.extras import require_extra
+
+    require_extra("python -m sam_lightning.annotate", "annotate")
     from sam_lightning.entry_points import hydra_main
     from sam_lightning.settings import annotate
 

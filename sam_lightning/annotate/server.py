@@ -25,7 +25,9 @@ error is ``{"error": message}`` with a 4xx status, or 500 for a bug)::
 
 Decodes run the prompt encoder and mask decoder on the cached embedding; ``latency_ms`` is
 that time on the server (also logged). ``previous`` feeds back the low-resolution logits of
-an earlier decode of the same image (its ``previous_candidate``, default the best one).
+an earlier decode of the same image (its ``previous_candidate``, default the best one;
+``previous_candidate`` alone is refused). Points must lie in the image (``[0, W] x [0, H]``)
+and a box must overlap it (a box partly outside is taken, as SAM takes it).
 Every response carries its server-side time as a ``Server-Timing: app;dur=<ms>`` header.
 
 Security: the server listens on 127.0.0.1 unless ``host`` is given, and any other address
@@ -34,7 +36,11 @@ request needs it: ``?token=<token>`` once (a cookie is set; the page URL printed
 has it), the ``X-Annotate-Token`` header or ``Authorization: Bearer <token>``; a missing
 token gives 401, a wrong one 403. Without a token, requests whose ``Host`` is not a
 loopback name are refused (DNS rebinding). Cross-origin POST and DELETE requests are
-refused, and JSON bodies must be sent as ``application/json``.
+refused (403), opaque origins such as ``Origin: null`` (a ``file:`` page, a sandboxed frame)
+included. JSON bodies must be sent as ``application/json`` (415), uncompressed or with
+``Content-Encoding`` gzip or deflate (another encoding: 415; a body that does not decode:
+400), nested at most :data:`MAX_JSON_DEPTH` levels deep (400), with integers of at most
+Python's 4300 digits (400).
 """
 
 from __future__ import annotations
@@ -44,12 +50,15 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 from yarl import URL
 
@@ -64,6 +73,12 @@ TOKEN_COOKIE = "sam_annotate_token"
 TOKEN_HEADER = "X-Annotate-Token"
 LOOPBACK_NAMES = ("localhost",)
 MAX_BODY = 64 * 2**20  # an uncompressed RLE of a large, ragged mask
+MAX_JSON_DEPTH = 32  # the API's bodies nest 4 levels deep ({"prompts": {"points": [[...]]}})
+#: Content-Encoding values whose bodies aiohttp decodes (br and zstd when their library is
+#: installed; without it aiohttp answers 400 itself, before any handler runs).
+CONTENT_ENCODINGS = ("", "identity", "gzip", "deflate", "br", "zstd")
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included
+_DEPTH_CHUNK = 2**20  # bytes scanned at a time by _nested_deeper
 CSP = (
     "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'"
@@ -99,6 +114,11 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
+class _UnreadableBody(ApiError):
+    """A body aiohttp could not decode: answered with ``Connection: close``, since aiohttp
+    drops the connection once the reply is sent (a client must not reuse it)."""
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -117,7 +137,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as error:
-        return _error(error.status, error.message)
+        response = _error(error.status, error.message)
+        if isinstance(error, _UnreadableBody):
+            response.force_close()
+        return response
     except web.HTTPException as error:
         if error.status < 400:
             raise
@@ -146,8 +169,12 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise ApiError(403, f"Host {request.host!r} refused: this server answers localhost only")
     if request.method not in ("GET", "HEAD") and "Origin" in request.headers:
         origin = request.headers["Origin"]
-        if URL(origin).origin() != request.url.origin():
-            raise ApiError(403, f"cross-origin request from {origin} refused")
+        if not _same_origin(origin, request):
+            raise ApiError(
+                403,
+                f"cross-origin request from {_shorten(origin)} refused: POST and DELETE are "
+                "accepted from this server's own page only",
+            )
     if token is None:
         return await handler(request)
     given, from_query = _given_token(request)
@@ -169,15 +196,95 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+def _same_origin(origin: str, request: web.Request) -> bool:
+    """Whether the ``Origin`` header names this server's own origin. An opaque origin
+    (``null``: a ``file:`` page, a sandboxed frame, a redirect) or one that does not parse
+    (``file://...``, garbage) is never this server."""
+    try:
+        return URL(origin).origin() == request.url.origin()
+    except ValueError:
+        return False
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """``repr(text)``, cut to about ``limit`` characters (header values in messages)."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
 async def _body(request: web.Request) -> Any:
     if not request.can_read_body:
         raise ApiError(400, "this request needs a JSON body")
     if request.content_type != "application/json":
         raise ApiError(415, f"send the body as application/json, not {request.content_type}")
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in CONTENT_ENCODINGS:
+        raise ApiError(
+            415,
+            f"Content-Encoding {_shorten(request.headers['Content-Encoding'])} is not "
+            "supported: send the body uncompressed, gzip or deflate",
+        )
     try:
-        return json.loads(await request.read(), parse_constant=_no_constant)
+        raw = await request.read()
+    except web.RequestPayloadError as error:  # a body that does not decode, or is cut short
+        if encoding in ("", "identity"):
+            raise _UnreadableBody(400, f"the body could not be read: {_innermost(error)}") from None
+        raise _UnreadableBody(
+            400,
+            f"the body is not valid {encoding} data (Content-Encoding: {encoding}): "
+            f"{_innermost(error)}",
+        ) from None
+    if _nested_deeper(raw, MAX_JSON_DEPTH):
+        raise ApiError(
+            400, f"the body is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels"
+        )
+    try:
+        body = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise ApiError(
+            400, f"the body is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ApiError(400, f"the body is not valid JSON: {error}") from None
+    except ValueError:  # int(): a number over Python's int-string conversion limit
+        raise ApiError(
+            400,
+            "the body is not valid JSON: it has an integer with more than "
+            f"{sys.get_int_max_str_digits()} digits",
+        ) from None
+    return body
+
+
+def _innermost(error: BaseException) -> str:
+    """The message of the first exception in ``error``'s chain (e.g. zlib's reason)."""
+    for _ in range(8):  # chains are short; a bound guards against a cycle
+        inner = error.__cause__ or error.__context__
+        if inner is None:
+            break
+        error = inner
+    lines = str(error).strip().splitlines()
+    return lines[-1].strip() if lines else type(error).__name__
+
+
+def _nested_deeper(raw: bytes, limit: int) -> bool:
+    """Whether the JSON text ``raw`` nests lists and objects more than ``limit`` levels deep,
+    checked on the bytes before parsing (json.loads recurses: about a thousand levels raise
+    RecursionError, and the checks and messages downstream recurse too). Brackets inside
+    strings do not count; the usual body (a few brackets, or one long list of run lengths)
+    is answered by counting them."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    text = _JSON_STRING.sub(b'""', raw)
+    depth = 0
+    for start in range(0, len(text), _DEPTH_CHUNK):
+        chunk = np.frombuffer(text, np.uint8, min(_DEPTH_CHUNK, len(text) - start), start)
+        step = (chunk == ord("[")).astype(np.int32) + (chunk == ord("{"))
+        step -= (chunk == ord("]")).astype(np.int32) + (chunk == ord("}"))
+        levels = np.cumsum(step) + depth
+        if levels.max() > limit:
+            return True
+        depth = int(levels[-1])
+    return False
 
 
 def _no_constant(name: str) -> None:

@@ -219,10 +219,27 @@ def _oriented_size(path: Path) -> tuple[int, int]:
 # ------------------------------------------------------------------------------ validation
 
 
+def _preview(value: Any, limit: int = 60) -> str:
+    """The start of ``value`` as JSON, for messages (never raises: a value nested too deeply
+    or an integer too long to print is named by its type)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    try:
+        return json.dumps(value)[:limit]
+    except (ValueError, TypeError, RecursionError):
+        return type(value).__name__
+
+
 def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ApiError(400, f"{where} must be a finite number, got {json.dumps(value)[:60]}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ApiError(400, f"{where} must be a finite number, got {_preview(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        raise ApiError(400, f"{where} must be a finite number, got {_preview(value)}") from None
+    if not math.isfinite(number):
+        raise ApiError(400, f"{where} must be a finite number, got {_preview(value)}")
+    return number
 
 
 def parse_points(value: Any, width: int, height: int, limit: int = 64) -> list[list[float]]:
@@ -235,7 +252,7 @@ def parse_points(value: Any, width: int, height: int, limit: int = 64) -> list[l
     points = []
     for i, point in enumerate(value):
         if not isinstance(point, list) or len(point) != 3:
-            raise ApiError(400, f"points[{i}] must be [x, y, label], got {json.dumps(point)[:60]}")
+            raise ApiError(400, f"points[{i}] must be [x, y, label], got {_preview(point)}")
         x, y = _number(point[0], f"points[{i}][0]"), _number(point[1], f"points[{i}][1]")
         if point[2] not in (0, 1) or isinstance(point[2], bool):
             raise ApiError(400, f"points[{i}][2] (label) must be 1 (foreground) or 0 (background)")
@@ -245,15 +262,23 @@ def parse_points(value: Any, width: int, height: int, limit: int = 64) -> list[l
     return points
 
 
-def parse_box(value: Any) -> list[float] | None:
-    """``[x0, y0, x1, y1]`` with ``x0 <= x1`` and ``y0 <= y1``, or None. Raises ApiError 400."""
+def parse_box(value: Any, width: int, height: int) -> list[float] | None:
+    """``[x0, y0, x1, y1]`` with ``x0 <= x1`` and ``y0 <= y1`` that overlaps the image
+    (``[0, width] x [0, height]``, the closed range points must lie in; a box partly
+    outside is kept, as SAM takes it), or None. Raises ApiError 400."""
     if value is None:
         return None
     if not isinstance(value, list) or len(value) != 4:
-        raise ApiError(400, f"box must be [x0, y0, x1, y1] or null, got {json.dumps(value)[:60]}")
+        raise ApiError(400, f"box must be [x0, y0, x1, y1] or null, got {_preview(value)}")
     box = [_number(v, f"box[{i}]") for i, v in enumerate(value)]
     if box[2] < box[0] or box[3] < box[1]:
         raise ApiError(400, f"box {box} must satisfy x0 <= x1 and y0 <= y1")
+    if box[2] < 0 or box[0] > width or box[3] < 0 or box[1] > height:
+        raise ApiError(
+            400,
+            f"box {box} is outside the {width} x {height} image: a box must overlap "
+            f"[0, {width}] x [0, {height}]",
+        )
     return box
 
 
@@ -265,7 +290,7 @@ def parse_mask(value: Any, width: int, height: int) -> dict[str, Any]:
     if value["size"] != [height, width]:
         raise ApiError(
             400,
-            f"mask size {json.dumps(value['size'])[:40]} differs from the image's "
+            f"mask size {_preview(value['size'], 40)} differs from the image's "
             f"[height, width] = [{height}, {width}]",
         )
     try:

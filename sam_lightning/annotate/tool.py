@@ -183,13 +183,19 @@ class AnnotationTool:
         body = _object(body)
         _allowed(body, {"points", "box", "previous", "previous_candidate", "multimask"})
         points = parse_points(body.get("points"), entry.width, entry.height)
-        box = parse_box(body.get("box"))
+        box = parse_box(body.get("box"), entry.width, entry.height)
         previous = body.get("previous")
         if previous is not None and not isinstance(previous, str):
             raise ApiError(400, "previous must be the id of an earlier decode or null")
         candidate = body.get("previous_candidate")
         if candidate is not None and not _is_int(candidate):
             raise ApiError(400, "previous_candidate must be an int or null")
+        if candidate is not None and previous is None:
+            raise ApiError(
+                400,
+                "previous_candidate was given without previous: it picks a candidate of the "
+                "earlier decode named by previous (its id)",
+            )
         multimask = body.get("multimask", True)
         if not isinstance(multimask, bool):
             raise ApiError(400, "multimask must be true or false")
@@ -251,7 +257,7 @@ class AnnotationTool:
         _allowed(prompts, {"points", "box"}, "prompts")
         prompts = {
             "points": parse_points(prompts.get("points"), entry.width, entry.height),
-            "box": parse_box(prompts.get("box")),
+            "box": parse_box(prompts.get("box"), entry.width, entry.height),
         }
         seconds = body.get("seconds")
         if seconds is not None and not (_is_number(seconds) and 0 <= seconds < 1e7):
@@ -286,7 +292,12 @@ class AnnotationTool:
         try:
             number = int(ann_id)
         except ValueError:
-            raise ApiError(400, f"mask id must be an integer, got {ann_id!r}") from None
+            shown = (
+                repr(ann_id)
+                if len(ann_id) <= 60
+                else f"{ann_id[:60]!r}... ({len(ann_id)} characters)"
+            )
+            raise ApiError(400, f"mask id must be an integer, got {shown}") from None
         removed = self.store.delete(entry, number)
         log.info("deleted mask %d of %s (%s)", number, name, removed.get("source"))
         return {"deleted": number}
@@ -336,7 +347,12 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    if not (_is_int(value) or isinstance(value, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range
+        return False
 
 
 def _object(body: Any) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning
@@ -63,6 +64,12 @@ DATASET_KINDS: dict[str, type] = {
     "sa1b": SA1BDataset,
     "coco": CocoDataset,
     "lvis": LvisDataset,
+}
+#: The path arguments of the dataset kinds: a ``"file"``, a ``"dir"`` or either (``"path"``).
+DATASET_PATHS: dict[str, dict[str, str]] = {
+    "sa1b": {"roots": "path", "image_root": "dir"},
+    "coco": {"annotations": "file", "images": "dir"},
+    "lvis": {"annotations": "file", "images": "dir"},
 }
 #: Entropy word that separates the order's random stream from the samples' streams.
 _ORDER_STREAM = 0x0DE5
@@ -121,6 +128,47 @@ def validation_spec(train: Mapping[str, Any], val: Mapping[str, Any]) -> dict[st
     if val.get("kind") == "synthetic" and not seed_given:
         val["seed"] = (train.get("seed", 0) if train.get("kind") == "synthetic" else 0) + 1
     return val
+
+
+def missing_paths(
+    train: Mapping[str, Any] | None, val: Mapping[str, Any] | None, prefix: str = "data"
+) -> list[str]:
+    """A line for each path of the dataset specs (as :class:`SamDataModule` takes them) that
+    does not exist or is not of its kind, named by its key, e.g. ``data.train.images=/coco/
+    train2017: no such directory``; [] when all are there. Nothing is read or built. A path
+    that the ``val`` spec inherits is named once, as the ``train`` spec's."""
+    specs: list[tuple[str, dict[str, Any], set[str]]] = []
+    train_spec = _plain(train) if train is not None else _default_spec(64)
+    specs.append(("train", train_spec, set(train_spec)))
+    if val is not None:
+        own = _plain(val)
+        specs.append(("val", validation_spec(train_spec, own), set(own)))
+    problems: list[str] = []
+    seen: set[str] = set()
+    for split, spec, own in specs:
+        for name, kind in DATASET_PATHS.get(spec.get("kind"), {}).items():
+            value = spec.get(name)
+            if value is None:
+                continue
+            key = f"{prefix}.{split if name in own else 'train'}.{name}"
+            listed = isinstance(value, list)
+            for index, path in enumerate(value if listed else [value]):
+                where = f"{key}[{index}]" if listed else key
+                problem = _path_problem(Path(str(path)), kind)
+                if problem and where not in seen:
+                    seen.add(where)
+                    problems.append(f"{where}={path}: {problem}")
+    return problems
+
+
+def _path_problem(path: Path, kind: str) -> str | None:
+    if not path.exists():
+        return {"file": "no such file", "dir": "no such directory"}.get(kind, "does not exist")
+    if kind == "file" and not path.is_file():
+        return "not a file"
+    if kind == "dir" and not path.is_dir():
+        return "not a directory"
+    return None
 
 
 def _build_from_spec(spec: Mapping[str, Any], split: str) -> Any:

@@ -14,7 +14,13 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from sam_lightning.data.sa1b import sa1b_image_id
-from sam_lightning.file_io import IMAGE_EXTENSIONS, UnreadableImageError, read_image
+from sam_lightning.file_io import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMAGE_EXTENSIONS,
+    UnreadableImageError,
+    check_max_image_pixels,
+    read_image,
+)
 
 
 @dataclass(frozen=True)
@@ -104,11 +110,15 @@ def _check_unique(jobs: list[ImageJob], key: Any, what: str) -> None:
 
 class ImageReader(Dataset):
     """``jobs[i]`` read as ``(i, image HxWx3 uint8, None)``, or ``(i, None, reason)`` when
-    the file cannot be read, so that DataLoader workers report a bad image instead of
-    stopping the run. Use with ``batch_size=None, collate_fn=as_is``."""
+    the file cannot be read (or is refused: more than ``max_image_pixels`` pixels, None for
+    no limit, or 32-bit samples; see :func:`~sam_lightning.file_io.decode_image`), so that
+    DataLoader workers report a bad image instead of stopping the run. Use with
+    ``batch_size=None, collate_fn=as_is``."""
 
-    def __init__(self, jobs: list[ImageJob]) -> None:
-        self.jobs = jobs
+    def __init__(
+        self, jobs: list[ImageJob], max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    ) -> None:
+        self.jobs, self.max_image_pixels = jobs, check_max_image_pixels(max_image_pixels)
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -116,7 +126,7 @@ class ImageReader(Dataset):
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
         path = self.jobs[index].path
         try:
-            return index, read_image(path), None
+            return index, read_image(path, self.max_image_pixels), None
         except (OSError, UnreadableImageError) as error:
             reason = error.reason if isinstance(error, UnreadableImageError) else error.strerror
             return index, None, reason or str(error)

@@ -4,13 +4,19 @@ Readable: official ``.pth`` files (a plain state dict), training checkpoints (a 
 ``"state_dict"`` entry whose keys carry a module prefix such as ``"model."``, e.g. Lightning
 checkpoints) and ``.safetensors`` files. Pickles are always read with
 ``torch.load(weights_only=True)``: files holding other pickled objects are refused.
+A file that cannot be read raises :class:`CheckpointError`, one line naming the file and
+what is wrong with it (empty, truncated, corrupt, not a checkpoint, unsafe).
 """
 
 from __future__ import annotations
 
+import _compat_pickle
+import json
 import pickle
+import pickletools
 import re
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -25,8 +31,18 @@ _SAM_MODULES = ("image_encoder", "prompt_encoder", "mask_decoder")
 _FORMATS = ("torch", "safetensors")
 
 
-class UnsafeCheckpointError(ValueError):
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read: empty, truncated or corrupt, not a checkpoint
+    at all, or no state dict of tensors; the message names the file and the problem."""
+
+
+class UnsafeCheckpointError(CheckpointError):
     """The file holds pickled objects other than tensors and plain containers."""
+
+
+#: safetensors refuses headers above this size (``MAX_HEADER_SIZE`` of the Rust crate).
+_SAFETENSORS_MAX_HEADER = 100_000_000
+_INTERRUPTED = "an interrupted download or copy?"
 
 
 def load_state_dict_file(path: str | PathLike[str], prefix: str | None = None) -> dict[str, Tensor]:
@@ -42,32 +58,242 @@ def load_state_dict_file(path: str | PathLike[str], prefix: str | None = None) -
     Raises:
         FileNotFoundError: no such file.
         UnsafeCheckpointError: the pickle holds callables or other non-tensor objects.
-        ValueError: the file holds no state dict.
+        CheckpointError: the file is empty, truncated or corrupt, is no checkpoint, or holds
+            no state dict (one line naming the file and the problem).
+        ValueError: no unique SAM prefix in a checkpoint's ``"state_dict"``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}") from err
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): {_INTERRUPTED}")
     if path.suffix == ".safetensors":
-        return load_file(path, device="cpu")
+        try:
+            return load_file(path, device="cpu")
+        except Exception as err:  # SafetensorError, OSError...: diagnosed from the file
+            raise CheckpointError(_safetensors_problem(path, size, head, err)) from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only" not in str(err).lower():
-            raise ValueError(f"{path} is not a readable torch checkpoint: {err}") from None
-        culprit = re.search(r"GLOBAL (\S+)", str(err))
-        raise UnsafeCheckpointError(
-            f"refusing to load {path}: it holds pickled objects other than tensors "
-            "(callables or class instances), which could run code when unpickled"
-            + (f"; first found: {culprit[1]}" if culprit else "")
-        ) from None
+    except Exception as err:  # garbage makes the unpickler fail in many ways
+        error = _torch_error(path, size, head, err)
+        # torch's own advice for an unsafe file is to load it with weights_only=False
+        raise error from None if isinstance(error, UnsafeCheckpointError) else err
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
     if isinstance(obj.get("state_dict"), Mapping):
         obj = _select_prefix(obj["state_dict"], prefix, path)
     not_tensors = [key for key, value in obj.items() if not isinstance(value, Tensor)]
     if not_tensors:
-        raise ValueError(f"{path} is not a state dict: non-tensor entries {not_tensors}")
+        raise CheckpointError(f"{path} is not a state dict: non-tensor entries {not_tensors}")
     return dict(obj)
+
+
+def _torch_error(path: Path, size: int, head: bytes, err: Exception) -> CheckpointError:
+    """What is wrong with a file that ``torch.load(weights_only=True)`` failed to read,
+    judged by its first bytes: a zip archive (the ``torch.save`` format), a pickle (the
+    legacy format, or ``pickle.dump``) or neither. A pickle that names a global outside
+    torch's allow-list is refused as unsafe (:class:`UnsafeCheckpointError`); pickles are
+    only parsed here (``pickletools``), never run."""
+    culprit = _refused_global(err)
+    if culprit is not None:
+        return _unsafe(path, culprit)
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            return CheckpointError(
+                f"checkpoint {path} is a truncated or corrupt zip archive (the torch.save "
+                f"format): {size:,} bytes without a readable end of archive ({_INTERRUPTED})"
+            )
+        try:
+            with zipfile.ZipFile(path) as archive:
+                pickles = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+                if not pickles:
+                    return CheckpointError(
+                        f"{path} is a zip archive but not a torch checkpoint (no data.pkl inside)"
+                    )
+                with archive.open(pickles[0]) as data:
+                    culprit, _ = _scan_pickles(data, count=1)
+        except Exception as zip_err:  # a corrupt member: CRC, compression...
+            return CheckpointError(
+                f"checkpoint {path} is a corrupt zip archive (the torch.save format): "
+                f"{_reason(zip_err)}"
+            )
+        if culprit is not None:
+            return _unsafe(path, culprit)
+        return CheckpointError(
+            f"checkpoint {path} is a corrupt zip archive (the torch.save format): {_reason(err)}"
+        )
+    if head.startswith(b"\x80"):  # PROTO: a pickle of protocol 2 or later
+        with open(path, "rb") as f:  # legacy torch.save: 5 pickles, then the tensor data
+            culprit, problem = _scan_pickles(f, count=5)
+        if culprit is not None:
+            return _unsafe(path, culprit)
+        if problem is not None:
+            return CheckpointError(
+                f"checkpoint {path} is a truncated or corrupt pickle (the legacy torch.save "
+                f"format, {size:,} bytes): {problem}"
+            )
+        if head[1] > 2 and "Unsupported operand" in str(err):
+            return CheckpointError(
+                f"{path} is a pickle of protocol {head[1]}, which torch.load(weights_only=True) "
+                "cannot read: save the state dict with torch.save"
+            )
+        return CheckpointError(
+            f"checkpoint {path} is truncated or corrupt (the legacy torch.save format, "
+            f"{size:,} bytes): {_reason(err)}"
+        )
+    with open(path, "rb") as f:  # perhaps a pickle of protocol 0 or 1 (text opcodes)
+        culprit, _ = _scan_pickles(f, count=1)
+    if culprit is not None:
+        return _unsafe(path, culprit)
+    hint = ""
+    if head[8:9] == b"{":
+        hint = "; it looks like a safetensors file: give it the suffix .safetensors"
+    return CheckpointError(
+        f"{path} is not a torch checkpoint: neither a zip archive (torch.save) nor a pickle "
+        f"(it starts with {head[:8]!r}){hint}"
+    )
+
+
+def _unsafe(path: Path, culprit: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"refusing to load {path}: it holds pickled objects other than tensors "
+        "(callables or class instances), which could run code when unpickled; "
+        f"first found: {culprit}"
+    )
+
+
+def _refused_global(err: Exception) -> str | None:
+    """The global that ``torch.load(weights_only=True)`` refused to import (``GLOBAL
+    posix.system``), or None when ``err`` is no such refusal (garbage that happens to read
+    as a GLOBAL instruction names no dotted Python identifier)."""
+    if not isinstance(err, pickle.UnpicklingError):
+        return None
+    found = re.search(r"GLOBAL (\S+)", str(err))
+    return found[1] if found is not None and _is_dotted_name(found[1]) else None
+
+
+def _is_dotted_name(name: str) -> bool:
+    return all(part.isidentifier() for part in name.split("."))
+
+
+def _scan_pickles(file: Any, count: int) -> tuple[str | None, str | None]:
+    """Parses (never runs) up to ``count`` consecutive pickles from the binary ``file``
+    (stopping at its end): the first global outside torch's ``weights_only`` allow-list,
+    or else what makes the pickles unreadable (truncated, unknown opcode), or neither."""
+    allowed = _allowed_globals()
+    for _ in range(count):
+        if not file.peek(1):
+            break
+        pushed: list[Any] = []  # what each opcode pushed: a string, or None
+        memo: dict[int, Any] = {}
+        try:
+            for opcode, arg, _pos in pickletools.genops(file):
+                name = opcode.name
+                if name in ("GLOBAL", "INST", "STACK_GLOBAL"):
+                    if name == "STACK_GLOBAL":
+                        parts = pushed[-2:]
+                        arg = " ".join(p if isinstance(p, str) else "?" for p in parts)
+                    module, _, attr = str(arg).partition(" ")
+                    if (module, attr) in _compat_pickle.NAME_MAPPING:
+                        module, attr = _compat_pickle.NAME_MAPPING[(module, attr)]
+                    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+                    if not allowed(f"{module}.{attr}"):
+                        if name == "STACK_GLOBAL" and "?" in (module, attr):
+                            return "a global built on the stack (STACK_GLOBAL)", None
+                        if not _is_dotted_name(f"{module}.{attr}"):  # text or garbage
+                            return None, f"no Python name in a global: {module} {attr}"[:200]
+                        return f"{module}.{attr}", None
+                    pushed.append(None)
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = pushed[-1] if pushed else None
+                elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = pushed[-1] if pushed else None
+                elif name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed.append(memo.get(arg))
+                elif opcode.stack_after:
+                    pushed.append(arg if isinstance(arg, str) else None)
+        except ValueError as err:  # pickletools: "pickle exhausted before seeing STOP", ...
+            return None, " ".join(str(err).split())[:200]
+        except (MemoryError, OverflowError):  # garbage announcing a string of exabytes
+            return None, "a string longer than the file"
+    return None, None
+
+
+def _allowed_globals() -> Callable[[str], bool]:
+    """Whether ``torch.load(weights_only=True)`` imports a global: torch's own allow-list,
+    as :func:`torch.serialization.get_unsafe_globals_in_checkpoint` reads it."""
+    try:
+        from torch import _weights_only_unpickler as unpickler
+
+        names = set(unpickler._get_allowed_globals()) | set(unpickler._get_user_allowed_globals())
+    except (ImportError, AttributeError):  # private: a torch without it
+        return lambda name: name.startswith(("torch.", "collections."))
+    return names.__contains__
+
+
+def _reason(err: BaseException) -> str:
+    """The library's own words for ``err`` on one line (without torch's advice on
+    ``weights_only``), prefixed with the exception type when they say little."""
+    text = str(err).rpartition("WeightsUnpickler error:")[2]
+    text = text.removeprefix("Error while deserializing header: ")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    text = next((line for line in lines if line), "")
+    if len(text) > 200:
+        text = text[:197] + "..."
+    if not text or not isinstance(err, (RuntimeError, pickle.UnpicklingError, OSError)):
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text
+
+
+def _safetensors_problem(path: Path, size: int, head: bytes, err: Exception) -> str:
+    """What is wrong with a ``.safetensors`` file that safetensors failed to read: its
+    layout is an 8-byte little-endian header length, the JSON header, then the data."""
+    if size < 8:
+        return (
+            f"safetensors file {path} is truncated: {size} bytes, fewer than the 8 of its "
+            f"header length ({_INTERRUPTED})"
+        )
+    length = int.from_bytes(head[:8], "little")
+    if length > _SAFETENSORS_MAX_HEADER or (size > 8 and head[8:9] != b"{"):
+        hint = " (it is a zip archive: a torch .pth file?)" if head.startswith(b"PK") else ""
+        return (
+            f"{path} is not a safetensors file, or its header is corrupt: the header length "
+            f"reads {length:,} bytes and the header is no JSON object{hint}"
+        )
+    if 8 + length > size:
+        return (
+            f"safetensors file {path} has a truncated header: {length:,} bytes announced, "
+            f"{size - 8:,} present ({_INTERRUPTED})"
+        )
+    with open(path, "rb") as f:
+        f.seek(8)
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+        ends = [
+            int(info["data_offsets"][1]) for key, info in header.items() if key != "__metadata__"
+        ]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as json_err:
+        return f"safetensors file {path} has a corrupt header: {_reason(json_err)}"
+    expected, present = max(ends, default=0), size - 8 - length
+    if present < expected:
+        return (
+            f"safetensors file {path} has truncated data: the header describes {expected:,} "
+            f"bytes of tensors, {present:,} are present ({_INTERRUPTED})"
+        )
+    if present > expected:
+        return (
+            f"safetensors file {path} has corrupt data: {present:,} bytes of data where the "
+            f"header describes {expected:,}"
+        )
+    return f"safetensors file {path} has corrupt data: {_reason(err)}"
 
 
 def load_checkpoint(
@@ -141,9 +367,7 @@ def save_checkpoint(
     return path
 
 
-def _select_prefix(
-    state_dict: Mapping[str, Any], prefix: str | None, path: Path
-) -> dict[str, Any]:
+def _select_prefix(state_dict: Mapping[str, Any], prefix: str | None, path: Path) -> dict[str, Any]:
     """Entries of a training checkpoint's state dict under ``prefix`` (default: the unique
     prefix in front of the SAM module names), with the prefix removed."""
     if prefix is None:

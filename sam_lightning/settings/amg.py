@@ -44,6 +44,8 @@ class AmgSettings(LaunchSettings):
     amg: GeneratorSettings = field(default_factory=GeneratorSettings)
     recursive: bool = False
     images_per_batch: int = 2  # images embedded by one encoder call (1: bit-exact per image)
+    # images with more pixels are skipped and listed as failed (Pillow's default; None: no limit)
+    max_image_pixels: int | None = 89_478_485
     device: str = "auto"
     progress: bool = True
 
@@ -53,4 +55,8 @@ def check(config: Mapping[str, Any]) -> list[str]:
     problems = check_settings(config, AmgSettings)
     if problems:
         return problems
-    return launch_problems(config, images_per_batch="images per encoder call")
+    return launch_problems(
+        config,
+        images_per_batch="images per encoder call",
+        max_image_pixels="pixels per image, or null for no limit",
+    )

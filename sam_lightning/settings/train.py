@@ -193,7 +193,9 @@ class TrainSettings:
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     run_name: str = "default"
     seed: int = 0
-    resume: bool = False
+    # false: start from scratch; true: continue from <run dir>/checkpoints/last.ckpt when
+    # it exists (else start from scratch, with a warning); must: refuse to start without it
+    resume: bool | Literal["must"] = False
     ckpt_path: str | None = None
 
 

@@ -78,6 +78,18 @@ def test_predict_before_set_image(models):
          "box[0] = [50.0, 10.0, 40.0, 20.0] must satisfy x0 <= x1"),
         ({"box": np.array([10.0, 30.0, 40.0, 20.0])}, "y0 <= y1"),
         ({"box": np.array([0.0, 0.0, np.nan, 5.0])}, "box must be finite"),
+        # boxes follow the points' rule: no overlap with [0, W] x [0, H] is refused
+        ({"box": np.array([460.0, 10.0, 500.0, 20.0])},
+         "box[0] = [460.0, 10.0, 500.0, 20.0] is outside the image of size W x H = 451 x 300: "
+         "a box must overlap [0, 451] x [0, 300]"),
+        ({"box": np.array([-50.0, 10.0, -0.5, 20.0])},
+         "box[0] = [-50.0, 10.0, -0.5, 20.0] is outside"),
+        ({"box": np.array([10.0, -40.0, 20.0, -1.0])},
+         "is outside the image of size W x H = 451 x 300"),
+        ({"box": np.array([[10, 301, 20, 400]])}, "box[0] = [10.0, 301.0, 20.0, 400.0] is outside"),
+        ({"box": np.array([452.0, 301.0, 460.0, 310.0])}, "is outside the image"),
+        ({"box": np.array([-1e39, 0.0, 1e39, 10.0])},
+         "box[0] = [-1e+39, 0.0, 1e+39, 10.0] is too large: its corners overflow float32"),
         ({"mask_input": np.zeros((3, 64, 64))},
          "mask_input must have shape (1, 64, 64), got (3, 64, 64)"),
         ({"mask_input": np.zeros((64, 64))}, "low_res_logits[[i]]"),
@@ -97,6 +109,10 @@ def test_predict_rejects(chelsea_predictor, kwargs, fragment):
         ((torch.full((1, 1, 2), 300.0), torch.ones(1, 1)),
          "is outside the resized input frame of size W x H = 256 x 170"),
         ((None, None, torch.zeros(4)), "box must have shape Bx4"),
+        ((None, None, torch.tensor([[0.0, 0.0, 10.0, 10.0], [257.0, 0.0, 300.0, 10.0]])),
+         "box[1] = [257.0, 0.0, 300.0, 10.0] is outside the resized input frame of size "
+         "W x H = 256 x 170"),
+        ((None, None, torch.tensor([[0.0, -20.0, 10.0, -0.01]])), "is outside the resized input"),
         ((torch.zeros(2, 1, 2), torch.ones(2, 1), torch.tensor([[0.0, 0.0, 1.0, 1.0]])),
          "prompt batch sizes differ: {'point_coords': 2, 'boxes': 1}"),
         ((None, None, None, torch.zeros(2, 64, 64)), "mask_input must have shape (2, 1, 64, 64)"),
@@ -134,6 +150,9 @@ def batch_predictor(models, images) -> SamPredictor:
          "(500.0, 500.0) is outside the image of size W x H = 600 x 400"),
         ({"boxes": [np.zeros((1, 4)), np.zeros((4,))]},
          "box must have shape Bx4 in XYXY format, got (4,)"),
+        ({"boxes": [np.array([[0.0, 0.0, 10.0, 10.0]]),
+                    np.array([[0.0, 0.0, 10.0, 10.0], [0.0, 401.0, 10.0, 410.0]])]},
+         "box[1] = [0.0, 401.0, 10.0, 410.0] is outside the image of size W x H = 600 x 400"),
     ],
 )
 def test_predict_batch_rejects(batch_predictor, kwargs, fragment):
@@ -153,3 +172,31 @@ def test_set_image_batch_rejects(models, images):
         predictor.set_image_batch([])
     with pytest.raises(ValueError, match=re.escape("images[1] must be a uint8 HxWx3 array")):
         predictor.set_image_batch([images["chelsea"], images["chelsea"][..., 0]])
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        [-40.0, -30.0, 100.0, 80.0],  # partly outside, top left
+        [400.0, 250.0, 700.0, 500.0],  # partly outside, bottom right
+        [-1000.0, -1000.0, 2000.0, 2000.0],  # around the whole image
+        [451.0, 0.0, 470.0, 20.0],  # touching the right edge, as a point at x = W may
+        [0.0, 300.0, 20.0, 320.0],  # touching the bottom edge
+        [0.0, 0.0, 0.0, 0.0],  # a point-sized box at a corner
+    ],
+)
+def test_predict_accepts_boxes_that_overlap_the_image(chelsea_predictor, box):
+    masks, scores, _ = chelsea_predictor.predict(box=np.array(box), multimask_output=False)
+    assert masks.shape == (1, H, W) and np.isfinite(scores).all()
+
+
+def test_boxes_follow_the_rule_of_points(chelsea_predictor):
+    """A point and a box just outside the image are both refused; on the edge, both taken."""
+    for x in (W + 0.5, -0.5):
+        with pytest.raises(ValueError, match="outside the image of size W x H = 451 x 300"):
+            chelsea_predictor.predict(np.array([[x, 10.0]]), np.array([1]))
+        with pytest.raises(ValueError, match="outside the image of size W x H = 451 x 300"):
+            chelsea_predictor.predict(box=np.array([x, 10.0, x, 20.0]))
+    for x in (float(W), 0.0):
+        chelsea_predictor.predict(np.array([[x, 10.0]]), np.array([1]))
+        chelsea_predictor.predict(box=np.array([x, 10.0, x, 20.0]))

@@ -82,6 +82,19 @@ def test_predict_matches_official(pair, prompt, multimask_output, return_logits)
     assert_predictions_match(reference, ours, return_logits)
 
 
+@pytest.mark.parametrize(
+    "fractions",
+    [(-0.3, -0.2, 0.5, 0.6), (0.6, 0.5, 1.4, 1.3), (-1.0, -1.0, 2.0, 2.0)],
+)
+def test_box_partly_outside_matches_official(pair, fractions):
+    """A box that overlaps the image but extends beyond it is taken as the official SAM
+    takes it (only boxes with no overlap are refused)."""
+    h, w = pair[1].original_size
+    box = np.array(fractions) * [w, h, w, h]
+    reference, ours = predict_both(pair, box=box, multimask_output=True, return_logits=True)
+    assert_predictions_match(reference, ours, return_logits=True)
+
+
 def test_mask_feedback_matches_official(pair):
     prompts = image_prompts(pair[1])
     points = {"point_coords": prompts["point_coords"], "point_labels": prompts["point_labels"]}

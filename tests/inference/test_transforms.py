@@ -19,8 +19,23 @@ def official_transform(official):
 
 @given(st.integers(1, 5000), st.integers(1, 5000), st.integers(1, 2048))
 def test_preprocess_shape_matches_official(official_transform, oldh, oldw, target):
+    """The official size, except that a short side it rounds to 0 is 1 pixel."""
     expected = official_transform.get_preprocess_shape(oldh, oldw, target)
+    expected = tuple(max(1, side) for side in expected)
     assert ResizeLongestSide.get_preprocess_shape(oldh, oldw, target) == expected
+
+
+@pytest.mark.parametrize(
+    ("shape", "target", "official_size", "size"),
+    [((20000, 8), 1024, (1024, 0), (1024, 1)), ((3, 2000), 256, (0, 256), (1, 256))],
+)
+def test_an_extreme_aspect_ratio_keeps_one_pixel(
+    official_transform, shape, target, official_size, size
+):
+    assert official_transform.get_preprocess_shape(*shape, target) == official_size
+    assert ResizeLongestSide.get_preprocess_shape(*shape, target) == size
+    image = np.zeros((*shape, 3), dtype=np.uint8)
+    assert ResizeLongestSide(target).apply_image(image).shape == (*size, 3)
 
 
 @pytest.mark.parametrize("target", [256, 1024])
@@ -65,5 +80,6 @@ def test_apply_image_torch(official_transform):
     torch.testing.assert_close(
         ResizeLongestSide(12).apply_image_torch(square_shape),
         official_transform(12).apply_image_torch(square_shape),
-        atol=0, rtol=0,
+        atol=0,
+        rtol=0,
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pickle_payloads import _Payload
 from sam_test_models import build_official, randomize_
 
 from sam_lightning.modeling import (
@@ -96,20 +97,6 @@ def test_ambiguous_prefix_needs_choice(official_tiny, tmp_path):
         load_checkpoint(model, path)
     load_checkpoint(model, path, prefix="teacher.")
     assert_same_weights(model, weights)
-
-
-def _leave_marker(path: str) -> None:
-    Path(path).write_text("executed")
-
-
-class _Payload:
-    """Unpickling this calls ``_leave_marker``: a stand-in for malicious code."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (_leave_marker, (self.marker,))
 
 
 @pytest.mark.parametrize("payload", ["os.system", "reduce"])

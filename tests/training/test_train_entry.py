@@ -141,6 +141,12 @@ def test_resume_continues_exactly(tmp_path, straight_runs, stop, accumulate):
     straight = straight_runs[accumulate]
     expected, actual = logged_losses(straight), logged_losses(tmp_path)
     assert len(expected) == 4 and actual == expected
+    (log,) = (tmp_path / "csv").glob("*/metrics.csv")  # one log, continued when resumed
+    with log.open() as file:
+        rows = list(csv.DictReader(file))
+    for name in ("train/loss", "val/miou_1pt"):  # each step's value once
+        steps = [row["step"] for row in rows if row.get(name)]
+        assert len(steps) == len(set(steps)), (name, steps)
     assert_same_weights(final_weights(straight), final_weights(tmp_path))
     name = "model.mask_decoder.iou_token.weight"
     assert not torch.equal(stopped[name], final_weights(tmp_path)[name]), "resumed steps train"
