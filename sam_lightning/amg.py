@@ -46,10 +46,16 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sam_lightning.amg_summary import (
+    AmgSummary,
+    counts,
+    log_summary,
+    merge_ranks,
+    show_progress,
+)
 from sam_lightning.data.image_folder import ImageJob, ImageReader, as_is, collect_images
 from sam_lightning.data.sa1b import (
     LOGS_DIR,
@@ -86,27 +92,6 @@ class MaskGenerator(Protocol):
     ``images_per_batch > 1``."""
 
     def generate(self, image: Any) -> list[dict[str, Any]]: ...
-
-
-@dataclass
-class AmgSummary:
-    """Counts of one run over all ranks; ``failed`` lists ``{"image": path, "error":
-    reason}`` in input order."""
-
-    input: str
-    output: str
-    image_root: str  # what image.file_name is relative to: SA1BDataset(image_root=...)
-    images: int = 0
-    written: int = 0
-    skipped: int = 0  # done by an earlier run
-    masks: int = 0  # in the files written by this run
-    failed: list[dict[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    completed: bool = False  # False if the run was interrupted
-    world_size: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _is_done(target: Path) -> bool:
@@ -194,40 +179,40 @@ def generate_folder(
                 with autocast():
                     _process(generator, batch, output, summary)
                 for _ in batch:
-                    tracker.advance(_counts(summary))
-                _show(bar, summary, tracker.done_everywhere())
+                    tracker.advance(counts(summary))
+                show_progress(bar, summary, tracker.done_everywhere())
                 batch.clear()
 
             for index, image, reason in _image_loader(mine, num_workers, max_image_pixels):
                 if image is None:
                     log.error("skipping image %s: %s", mine[index].path, reason)
                     summary.failed.append({"image": str(mine[index].path), "error": str(reason)})
-                    tracker.advance(_counts(summary))
+                    tracker.advance(counts(summary))
                     continue
                 batch.append((mine[index], image))
                 if len(batch) == images_per_batch:
                     run_batch()
             if batch:
                 run_batch()
-            tracker.finish(_counts(summary))
+            tracker.finish(counts(summary))
             if ranks.is_zero and ranks.world_size > 1:
                 states = wait_for_ranks(
                     output / PROGRESS_DIR,
                     run_id,
                     ranks.world_size,
                     timeout_s,
-                    on_progress=lambda done: _show(bar, summary, done),
+                    on_progress=lambda done: show_progress(bar, summary, done),
                 )
-                _merge(summary, states, jobs)
+                merge_ranks(summary, states, jobs)
         summary.completed = True
     except BaseException as error:
-        tracker.finish(_counts(summary), error=f"{type(error).__name__}: {error}")
+        tracker.finish(counts(summary), error=f"{type(error).__name__}: {error}")
         raise
     finally:
         summary.seconds = round(time.perf_counter() - start, 3)
         if ranks.is_zero:
             write_atomic(output / SUMMARY_NAME, json.dumps(summary.to_dict(), indent=2).encode())
-            _log_summary(summary)
+            log_summary(summary)
     return summary
 
 
@@ -289,52 +274,6 @@ def _generate_one(
         log.error("skipping image %s: %s", job.path, reason)
         summary.failed.append({"image": str(job.path), "error": reason})
         return None
-
-
-def _counts(summary: AmgSummary) -> dict[str, Any]:
-    return {"written": summary.written, "masks": summary.masks, "failed": summary.failed}
-
-
-def _show(bar: Any, summary: AmgSummary, done: int) -> None:
-    """Rank 0's bar: images done by all ranks (masks and failures of one process only)."""
-    bar.n = done
-    if summary.world_size == 1:
-        bar.set_postfix(masks=summary.masks, failed=len(summary.failed), refresh=False)
-    bar.refresh()
-
-
-def _merge(summary: AmgSummary, states: dict[int, dict[str, Any]], jobs: list[ImageJob]) -> None:
-    """Adds the other ranks' final counts to rank 0's ``summary``, failures in input order."""
-    order = {str(job.path): i for i, job in enumerate(jobs)}
-    for rank, state in sorted(states.items()):
-        if rank == 0:
-            continue
-        counts = state["counts"]
-        summary.written += counts["written"]
-        summary.masks += counts["masks"]
-        summary.failed += counts["failed"]
-    summary.failed.sort(key=lambda failure: order.get(failure["image"], -1))
-
-
-def _log_summary(summary: AmgSummary) -> None:
-    status = "done" if summary.completed else "interrupted"
-    log.info(
-        "%s: %d images, %d written (%d masks), %d already done, %d failed, %.1f s; summary in %s",
-        status,
-        summary.images,
-        summary.written,
-        summary.masks,
-        summary.skipped,
-        len(summary.failed),
-        summary.seconds,
-        Path(summary.output) / SUMMARY_NAME,
-    )
-    if summary.failed:
-        log.error(
-            "%d image(s) skipped (unreadable, too large, or refused by the generator):\n  %s",
-            len(summary.failed),
-            "\n  ".join(f"{f['image']}: {f['error']}" for f in summary.failed),
-        )
 
 
 def build_generator(

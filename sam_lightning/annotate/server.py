@@ -39,8 +39,8 @@ loopback name are refused (DNS rebinding). Cross-origin POST and DELETE requests
 refused (403), opaque origins such as ``Origin: null`` (a ``file:`` page, a sandboxed frame)
 included. JSON bodies must be sent as ``application/json`` (415), uncompressed or with
 ``Content-Encoding`` gzip or deflate (another encoding: 415; a body that does not decode:
-400), nested at most :data:`MAX_JSON_DEPTH` levels deep (400), with integers of at most
-Python's 4300 digits (400).
+400), nested at most 32 levels deep (400), with integers of at most Python's 4300 digits
+(400): :mod:`sam_lightning.annotate.request_body`.
 """
 
 from __future__ import annotations
@@ -48,20 +48,16 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import json
 import logging
-import re
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from aiohttp import web
 from yarl import URL
 
+from sam_lightning.annotate.request_body import UnreadableBody, read_json, shorten
 from sam_lightning.annotate.store import ApiError
 from sam_lightning.annotate.tool import AnnotationTool
 
@@ -73,12 +69,6 @@ TOKEN_COOKIE = "sam_annotate_token"
 TOKEN_HEADER = "X-Annotate-Token"
 LOOPBACK_NAMES = ("localhost",)
 MAX_BODY = 64 * 2**20  # an uncompressed RLE of a large, ragged mask
-MAX_JSON_DEPTH = 32  # the API's bodies nest 4 levels deep ({"prompts": {"points": [[...]]}})
-#: Content-Encoding values whose bodies aiohttp decodes (br and zstd when their library is
-#: installed; without it aiohttp answers 400 itself, before any handler runs).
-CONTENT_ENCODINGS = ("", "identity", "gzip", "deflate", "br", "zstd")
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included
-_DEPTH_CHUNK = 2**20  # bytes scanned at a time by _nested_deeper
 CSP = (
     "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'"
@@ -114,11 +104,6 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
-class _UnreadableBody(ApiError):
-    """A body aiohttp could not decode: answered with ``Connection: close``, since aiohttp
-    drops the connection once the reply is sent (a client must not reuse it)."""
-
-
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -138,7 +123,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ApiError as error:
         response = _error(error.status, error.message)
-        if isinstance(error, _UnreadableBody):
+        if isinstance(error, UnreadableBody):
             response.force_close()
         return response
     except web.HTTPException as error:
@@ -172,7 +157,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not _same_origin(origin, request):
             raise ApiError(
                 403,
-                f"cross-origin request from {_shorten(origin)} refused: POST and DELETE are "
+                f"cross-origin request from {shorten(origin)} refused: POST and DELETE are "
                 "accepted from this server's own page only",
             )
     if token is None:
@@ -204,91 +189,6 @@ def _same_origin(origin: str, request: web.Request) -> bool:
         return URL(origin).origin() == request.url.origin()
     except ValueError:
         return False
-
-
-def _shorten(text: str, limit: int = 80) -> str:
-    """``repr(text)``, cut to about ``limit`` characters (header values in messages)."""
-    shown = repr(text)
-    return shown if len(shown) <= limit else shown[:limit] + "..."
-
-
-async def _body(request: web.Request) -> Any:
-    if not request.can_read_body:
-        raise ApiError(400, "this request needs a JSON body")
-    if request.content_type != "application/json":
-        raise ApiError(415, f"send the body as application/json, not {request.content_type}")
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in CONTENT_ENCODINGS:
-        raise ApiError(
-            415,
-            f"Content-Encoding {_shorten(request.headers['Content-Encoding'])} is not "
-            "supported: send the body uncompressed, gzip or deflate",
-        )
-    try:
-        raw = await request.read()
-    except web.RequestPayloadError as error:  # a body that does not decode, or is cut short
-        if encoding in ("", "identity"):
-            raise _UnreadableBody(400, f"the body could not be read: {_innermost(error)}") from None
-        raise _UnreadableBody(
-            400,
-            f"the body is not valid {encoding} data (Content-Encoding: {encoding}): "
-            f"{_innermost(error)}",
-        ) from None
-    if _nested_deeper(raw, MAX_JSON_DEPTH):
-        raise ApiError(
-            400, f"the body is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels"
-        )
-    try:
-        body = json.loads(raw, parse_constant=_no_constant)
-    except RecursionError:
-        raise ApiError(
-            400, f"the body is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels"
-        ) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ApiError(400, f"the body is not valid JSON: {error}") from None
-    except ValueError:  # int(): a number over Python's int-string conversion limit
-        raise ApiError(
-            400,
-            "the body is not valid JSON: it has an integer with more than "
-            f"{sys.get_int_max_str_digits()} digits",
-        ) from None
-    return body
-
-
-def _innermost(error: BaseException) -> str:
-    """The message of the first exception in ``error``'s chain (e.g. zlib's reason)."""
-    for _ in range(8):  # chains are short; a bound guards against a cycle
-        inner = error.__cause__ or error.__context__
-        if inner is None:
-            break
-        error = inner
-    lines = str(error).strip().splitlines()
-    return lines[-1].strip() if lines else type(error).__name__
-
-
-def _nested_deeper(raw: bytes, limit: int) -> bool:
-    """Whether the JSON text ``raw`` nests lists and objects more than ``limit`` levels deep,
-    checked on the bytes before parsing (json.loads recurses: about a thousand levels raise
-    RecursionError, and the checks and messages downstream recurse too). Brackets inside
-    strings do not count; the usual body (a few brackets, or one long list of run lengths)
-    is answered by counting them."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return False
-    text = _JSON_STRING.sub(b'""', raw)
-    depth = 0
-    for start in range(0, len(text), _DEPTH_CHUNK):
-        chunk = np.frombuffer(text, np.uint8, min(_DEPTH_CHUNK, len(text) - start), start)
-        step = (chunk == ord("[")).astype(np.int32) + (chunk == ord("{"))
-        step -= (chunk == ord("]")).astype(np.int32) + (chunk == ord("}"))
-        levels = np.cumsum(step) + depth
-        if levels.max() > limit:
-            return True
-        depth = int(levels[-1])
-    return False
-
-
-def _no_constant(name: str) -> None:
-    raise ApiError(400, f"the body is not valid JSON: {name} is not a number in JSON")
 
 
 def _tool(request: web.Request) -> AnnotationTool:
@@ -330,7 +230,7 @@ async def _embed(request: web.Request) -> web.Response:
 
 
 async def _decode(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_json(request)
     result = await asyncio.to_thread(_tool(request).decode, request.match_info["name"], body)
     return web.json_response(result)
 
@@ -342,7 +242,7 @@ async def _masks(request: web.Request) -> web.Response:
 
 
 async def _save_mask(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_json(request)
     saved = await asyncio.to_thread(_tool(request).save_mask, request.match_info["name"], body)
     return web.json_response(saved, status=201)
 
@@ -355,7 +255,7 @@ async def _delete_mask(request: web.Request) -> web.Response:
 
 
 async def _done(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_json(request)
     return web.json_response(
         await asyncio.to_thread(_tool(request).set_done, request.match_info["name"], body)
     )

@@ -101,7 +101,7 @@ def check_points(
 
 def check_boxes(boxes: torch.Tensor, batched: bool) -> torch.Tensor:
     """Checks XYXY boxes (shape 4 or 1x4 if not ``batched``, else Bx4); returns them as Bx4.
-    Boxes may extend beyond the image."""
+    Boxes may extend beyond the image; :func:`check_boxes_overlap` requires them to meet it."""
     valid = boxes.ndim == 2 and boxes.shape[1] == 4
     if not batched:
         valid = tuple(boxes.shape) in ((4,), (1, 4))
@@ -117,6 +117,36 @@ def check_boxes(boxes: torch.Tensor, batched: bool) -> torch.Tensor:
             f"box[{index}] = {[float(v) for v in boxes[index]]} must satisfy x0 <= x1 and y0 <= y1"
         )
     return boxes
+
+
+def check_boxes_overlap(
+    boxes: torch.Tensor, image_size: tuple[int, int], frame: str, tolerance: float = 0.0
+) -> None:
+    """Raises ValueError unless every box of ``boxes`` (Bx4 XYXY, already checked by
+    :func:`check_boxes`) overlaps ``[0, W] x [0, H]`` of ``image_size`` = (H, W), up
+    to ``tolerance``: the closed range points must lie in (:func:`check_points`). A
+    box partly outside the image is accepted, as the official SAM takes it; one with no
+    overlap prompts nothing in the image."""
+    height, width = image_size
+    outside = (boxes[:, 2] < -tolerance) | (boxes[:, 0] > width + tolerance)
+    outside |= (boxes[:, 3] < -tolerance) | (boxes[:, 1] > height + tolerance)
+    if outside.any():
+        index = int(outside.nonzero()[0, 0])
+        box = [float(v) for v in boxes[index]]
+        raise ValueError(
+            f"box[{index}] = {box} is outside the {frame} of size W x H = {width} x {height}: "
+            f"a box must overlap [0, {width}] x [0, {height}]"
+        )
+
+
+def check_boxes_fit(transformed: torch.Tensor, boxes: torch.Tensor) -> None:
+    """Raises ValueError if a box partly outside the image is so large that its corners
+    overflow float32 in the input frame (the model would answer NaN scores)."""
+    overflow = ~torch.isfinite(transformed).all(dim=1)
+    if overflow.any():
+        index = int(overflow.nonzero()[0, 0])
+        box = [float(v) for v in boxes[index]]
+        raise ValueError(f"box[{index}] = {box} is too large: its corners overflow float32")
 
 
 def check_mask_input(mask_input: torch.Tensor, expected: tuple[int, ...], hint: str) -> None:

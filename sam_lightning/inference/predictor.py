@@ -28,36 +28,6 @@ Prediction = tuple[np.ndarray, np.ndarray, np.ndarray]
 TorchPrediction = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _check_boxes_overlap(
-    boxes: torch.Tensor, image_size: tuple[int, int], frame: str, tolerance: float = 0.0
-) -> None:
-    """Raises ValueError unless every box of ``boxes`` (Bx4 XYXY, already checked by
-    :func:`_checks.check_boxes`) overlaps ``[0, W] x [0, H]`` of ``image_size`` = (H, W), up
-    to ``tolerance``: the closed range points must lie in (:func:`_checks.check_points`). A
-    box partly outside the image is accepted, as the official SAM takes it; one with no
-    overlap prompts nothing in the image."""
-    height, width = image_size
-    outside = (boxes[:, 2] < -tolerance) | (boxes[:, 0] > width + tolerance)
-    outside |= (boxes[:, 3] < -tolerance) | (boxes[:, 1] > height + tolerance)
-    if outside.any():
-        index = int(outside.nonzero()[0, 0])
-        box = [float(v) for v in boxes[index]]
-        raise ValueError(
-            f"box[{index}] = {box} is outside the {frame} of size W x H = {width} x {height}: "
-            f"a box must overlap [0, {width}] x [0, {height}]"
-        )
-
-
-def _check_boxes_fit(transformed: torch.Tensor, boxes: torch.Tensor) -> None:
-    """Raises ValueError if a box partly outside the image is so large that its corners
-    overflow float32 in the input frame (the model would answer NaN scores)."""
-    overflow = ~torch.isfinite(transformed).all(dim=1)
-    if overflow.any():
-        index = int(overflow.nonzero()[0, 0])
-        box = [float(v) for v in boxes[index]]
-        raise ValueError(f"box[{index}] = {box} is too large: its corners overflow float32")
-
-
 class SamPredictor:
     """Computes an image embedding once and predicts masks for prompts on it.
 
@@ -221,9 +191,9 @@ class SamPredictor:
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)
         if boxes is not None:
             checked = _checks.check_boxes(_checks.as_tensor(boxes, "box"), batched)
-            _check_boxes_overlap(checked, size, "image")
+            _checks.check_boxes_overlap(checked, size, "image")
             boxes_t = self._to_device(self.transform.apply_boxes(checked.cpu().numpy(), size))
-            _check_boxes_fit(boxes_t, checked)
+            _checks.check_boxes_fit(boxes_t, checked)
         if mask_input is not None:
             masks = _checks.as_tensor(mask_input, "mask_input")
             if batched:
@@ -332,7 +302,7 @@ class SamPredictor:
             )
         if boxes is not None:
             boxes = _checks.check_boxes(boxes, batched=True)
-            _check_boxes_overlap(boxes, self.input_size, "resized input frame", 1e-3)
+            _checks.check_boxes_overlap(boxes, self.input_size, "resized input frame", 1e-3)
         if mask_input is not None:
             expected = (mask_input.shape[0] if mask_input.ndim else 0, 1, *self._mask_input_size)
             _checks.check_mask_input(mask_input, expected, "expected Bx1xHxW low-resolution logits")
