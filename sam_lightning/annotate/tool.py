@@ -22,6 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from sam_lightning import ops
 from sam_lightning.annotate import stats as stats_module
 from sam_lightning.annotate.engine import AnnotationEngine, DecodeError
+from sam_lightning.annotate.request_values import parse_box, parse_mask, parse_points
 from sam_lightning.annotate.semi import MaskSource, model_records
 from sam_lightning.annotate.store import (
     SOURCES,
@@ -29,9 +30,6 @@ from sam_lightning.annotate.store import (
     ApiError,
     ImageEntry,
     ImageFolder,
-    parse_box,
-    parse_mask,
-    parse_points,
 )
 
 if TYPE_CHECKING:
