@@ -281,10 +281,12 @@ def build_generator(
     checkpoint: str | os.PathLike[str] | None = None,
     device: str = "auto",
     image_size: int = 1024,
+    lora_weights: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> SamAutomaticMaskGenerator:
     """The model (random weights, seeded, without ``checkpoint``; ``image_size`` is the
-    encoder's input side, 1024 for the official weights) and a generator with
+    encoder's input side, 1024 for the official weights; ``lora_weights``: an adapter file
+    merged into ``checkpoint``) and a generator with
     ``output_mode="coco_rle"`` and the given ``SamAutomaticMaskGenerator`` ``options``
     (``point_grids`` may be nested lists)."""
     import numpy as np
@@ -301,7 +303,7 @@ def build_generator(
         )
     if options.get("point_grids") is not None:
         options["point_grids"] = [np.asarray(g, dtype=np.float64) for g in options["point_grids"]]
-    model = build_model(model_type, checkpoint, image_size, device)
+    model = build_model(model_type, checkpoint, image_size, device, lora_weights=lora_weights)
     return SamAutomaticMaskGenerator(model, output_mode="coco_rle", **options)
 
 
@@ -366,6 +368,7 @@ def run_from_config(cfg: DictConfig) -> int:
             cfg.model.checkpoint,
             str(fabric.device),
             cfg.model.image_size,
+            lora_weights=cfg.model.lora.weights,
             **options,
         )
         summary = generate_folder(

@@ -91,11 +91,25 @@ def unset_settings(config: Any) -> list[str]:
 
 
 def register_resolvers() -> None:
-    """Registers the OmegaConf resolver ``sam_required`` (see the module docstring)."""
+    """Registers the OmegaConf resolvers ``sam_required`` (see the module docstring) and
+    ``sam_bf16_on_gpu`` (:func:`bf16_on_gpu`)."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("sam_required"):
         OmegaConf.register_new_resolver("sam_required", _required)
+    if not OmegaConf.has_resolver("sam_bf16_on_gpu"):
+        OmegaConf.register_new_resolver("sam_bf16_on_gpu", bf16_on_gpu)
+
+
+def bf16_on_gpu(accelerator: str) -> str:
+    """``trainer.precision`` of the fine-tuning recipes, ``${sam_bf16_on_gpu:
+    ${trainer.accelerator}}``: ``bf16-mixed`` on a GPU (``gpu``/``cuda``, or ``auto`` with
+    CUDA available), ``32-true`` on a CPU, where bf16 autocast runs about 10 times slower
+    than fp32 on CPUs without bf16 instructions (measured on the 2-core AVX2 machine)."""
+    import torch
+
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if gpu else "32-true"
 
 
 # ------------------------------------------------------------------------ devices, models
@@ -123,18 +137,22 @@ def build_model(
     text_embed_dim: int | None = None,
     seed: int = 0,
     checkpoint_flag: str = "model.checkpoint=PATH",
+    lora_weights: str | os.PathLike[str] | None = None,
 ) -> Sam:
     """SAM of ``model_type`` from ``checkpoint`` for ``image_size`` inputs (with a text
     projection of ``text_embed_dim``), on ``device`` in eval mode. Without a checkpoint the
     weights are random, seeded with ``seed``, and a warning says how to pass the official
-    ones (``checkpoint_flag``: the option of the calling command).
+    ones (``checkpoint_flag``: the option of the calling command). ``lora_weights``: an
+    adapter file (``export --adapter-only``) trained on ``checkpoint``, merged into the
+    weights (:func:`~sam_lightning.modeling.adapters.apply_adapter_file`).
 
     Raises:
         FileNotFoundError: no such checkpoint.
         CheckpointError: (:mod:`sam_lightning.modeling.checkpoint`, a ValueError) the file
             is empty, truncated, corrupt, no checkpoint or unsafe: one line, for the commands
             to print as it is.
-        ValueError: the weights do not fit ``model_type`` at ``image_size``.
+        ValueError: the weights do not fit ``model_type`` at ``image_size``, or the adapter
+            does not fit them (model type, input size, base checkpoint).
     """
     import torch
 
@@ -155,6 +173,21 @@ def build_model(
         image_size=int(image_size),
         text_embed_dim=None if text_embed_dim is None else int(text_embed_dim),
     )
+    if lora_weights is not None:
+        from sam_lightning.file_io import sha256_file
+        from sam_lightning.modeling.adapters import apply_adapter_file
+
+        if checkpoint is None:
+            raise ValueError(
+                f"the adapter {lora_weights} needs its base checkpoint: pass {checkpoint_flag}"
+            )
+        apply_adapter_file(
+            model,
+            lora_weights,
+            model_type=model_type,
+            image_size=int(image_size),
+            base_sha256=sha256_file(checkpoint),
+        )
     return model.to(resolve_device(device)).eval()
 
 

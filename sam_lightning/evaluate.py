@@ -52,7 +52,7 @@ TASKS: dict[str, str] = {
 }
 METRICS_FILE = "metrics.json"
 #: The ``model`` settings a resumed run must share with the run it continues.
-MANIFEST_MODEL_KEYS = ("type", "checkpoint", "image_size", "text_embed_dim")
+MANIFEST_MODEL_KEYS = ("type", "checkpoint", "image_size", "text_embed_dim", "lora")
 
 Adapter = Callable[..., dict[str, float]]
 
@@ -95,7 +95,8 @@ def missing_paths(config: Mapping[str, Any]) -> list[str]:
 
 def model_factory(model_cfg: Mapping[str, Any], device: str, seed: int = 0) -> Callable[[], Sam]:
     """A zero-argument function that builds ``model.type`` (with ``model.checkpoint``,
-    ``model.image_size`` and, for text prompts, ``model.text_embed_dim``) on ``device`` in
+    ``model.image_size``, ``model.lora.weights`` and, for text prompts,
+    ``model.text_embed_dim``) on ``device`` in
     eval mode on first call and returns that model afterwards. Without a checkpoint the
     weights are random (seeded), and a warning says so."""
 
@@ -110,6 +111,7 @@ def model_factory(model_cfg: Mapping[str, Any], device: str, seed: int = 0) -> C
             device,
             text_embed_dim=model_cfg.get("text_embed_dim"),
             seed=seed,
+            lora_weights=(model_cfg.get("lora") or {}).get("weights"),
         )
 
     return get_model

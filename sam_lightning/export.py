@@ -1,6 +1,7 @@
 """Exports a training checkpoint to the official SAM weights layout.
 
-``python -m sam_lightning.export <checkpoint.ckpt> <out.pth|out.safetensors> [--model-type T]``
+``python -m sam_lightning.export <checkpoint.ckpt> <out.pth|out.safetensors> [--model-type T]
+[--base BASE.pth] [--adapter-only]``
 
 A Lightning checkpoint of :class:`~sam_lightning.training.module.SamTrainingModule` holds the
 model's weights under ``state_dict`` with the prefix ``model.``, next to optimiser states and
@@ -10,6 +11,13 @@ as ``sam_vit_b_01ec64.pth``): loadable by the official ``segment_anything`` buil
 trained with text prompts (``training.text``) keeps its text projection
 (``prompt_encoder.text_projection.*``, for ``build_sam(..., text_embed_dim=D)``), which the
 official builders refuse as unexpected keys; ``--drop-text`` leaves it out.
+
+A checkpoint of a LoRA run (``model.lora.rank``) holds only what trained: the adapters and
+the parts trained in full. The export merges the adapters into its base checkpoint (found
+through the path recorded in the checkpoint, or ``--base``; a base whose SHA-256 differs
+from the recorded one is refused) and writes the whole model; ``--adapter-only`` writes just
+the adapter (and the fully trained parts) as safetensors with its settings as metadata, for
+``model.lora.weights`` / ``segment --lora-weights``.
 """
 
 from __future__ import annotations
@@ -25,6 +33,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sam_lightning.file_io import sha256_file
+from sam_lightning.modeling.adapters import (
+    AdapterInfo,
+    merge_adapter,
+    peft_to_adapter,
+    save_adapter,
+)
 from sam_lightning.modeling.build import TEXT_PROJECTION, build_sam, sam_model_registry
 from sam_lightning.modeling.checkpoint import (
     CheckpointError,
@@ -45,6 +60,8 @@ def export_checkpoint(
     image_size: int | None = None,
     prefix: str | None = None,
     drop_text: bool = False,
+    base: str | PathLike[str] | None = None,
+    adapter_only: bool = False,
 ) -> Path:
     """Writes the SAM weights of a training checkpoint as an official state-dict file.
 
@@ -61,6 +78,9 @@ def export_checkpoint(
             ``"model."``).
         drop_text: leave out the text projection of a model trained with text prompts, so
             that the official builders load the file (they have no text prompt).
+        base: the base checkpoint of a LoRA run (default: the path it records); its
+            SHA-256 must be the recorded one.
+        adapter_only: write only the adapter of a LoRA run (``.safetensors``).
 
     Returns:
         The path written.
@@ -84,6 +104,15 @@ def export_checkpoint(
             f"model_type= (--model-type), one of {sorted(sam_model_registry)}"
         )
     image_size = int(image_size or hparams.get("image_size") or DEFAULT_IMAGE_SIZE)
+    lora = hparams.get("lora")
+    if adapter_only and not lora:
+        raise ValueError(f"{ckpt_path} is not from a LoRA run: it has no adapter to export")
+    if lora:
+        adapter, info = _adapter_of(weights, hparams, model_type, image_size)
+        if adapter_only:
+            return save_adapter(adapter, info, out_path)
+        base_weights = _base_weights(ckpt_path, info, base, model_type, image_size)
+        weights = merge_adapter(base_weights, adapter, info.spec.scaling)
     projection = weights.get(f"{TEXT_PROJECTION}weight")
     text_embed_dim = None if projection is None or drop_text else projection.shape[1]
     if drop_text:
@@ -135,6 +164,56 @@ def read_training_checkpoint(
     return weights, dict(hparams) if isinstance(hparams, Mapping) else {}
 
 
+def _adapter_of(
+    weights: Mapping[str, Tensor], hparams: Mapping[str, Any], model_type: str, image_size: int
+) -> tuple[dict[str, Tensor], AdapterInfo]:
+    """The adapter tensors of a LoRA run's weights (all of them trained) and its metadata."""
+    lora = hparams["lora"]
+    adapter = peft_to_adapter(weights, list(weights))
+    modules = sorted({key.rsplit(".lora_", 1)[0] for key in adapter if ".lora_" in key})
+    info = AdapterInfo(
+        rank=int(lora["rank"]),
+        alpha=lora.get("alpha"),
+        targets=tuple(lora["targets"]),
+        qkv=str(lora["qkv"]),
+        model_type=model_type,
+        image_size=image_size,
+        base_sha256=lora.get("base_sha256"),
+        base_path=hparams.get("checkpoint"),
+        modules=tuple(modules),
+        trained=tuple(sorted(key for key in adapter if ".lora_" not in key)),
+    )
+    return adapter, info
+
+
+def _base_weights(
+    ckpt_path: Path,
+    info: AdapterInfo,
+    base: str | PathLike[str] | None,
+    model_type: str,
+    image_size: int,
+) -> dict[str, Tensor]:
+    """The state dict of a LoRA run's base at ``image_size`` (interpolated from the base's
+    own size if they differ), after checking the base's SHA-256."""
+    base = base if base is not None else info.base_path
+    if base is None:
+        raise ValueError(
+            f"{ckpt_path} adapts random base weights (the run had no model.checkpoint): there "
+            "is no base to merge into; export the adapter with --adapter-only"
+        )
+    if not Path(base).is_file():
+        raise FileNotFoundError(
+            f"the base checkpoint of {ckpt_path} is not at {base}: pass it with --base FILE"
+        )
+    digest = sha256_file(base)
+    if info.base_sha256 is not None and digest != info.base_sha256:
+        raise ValueError(
+            f"{base} is not the base {ckpt_path} was trained on: its sha256 is "
+            f"{digest[:12]}…, the run's base ({info.base_path}) had {info.base_sha256[:12]}…"
+        )
+    return build_sam(model_type, checkpoint=base, image_size=image_size).state_dict()
+
+
 def _key_mismatches(expected: Mapping[str, Tensor], found: Mapping[str, Tensor]) -> list[str]:
     """Missing, unexpected and misshapen keys of ``found``, one line per kind (none: [])."""
     kinds = {
@@ -180,6 +259,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="leave out the text-prompt projection (for the official segment_anything builders)",
     )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="base checkpoint of a LoRA run (default: the path the checkpoint records)",
+    )
+    parser.add_argument(
+        "--adapter-only",
+        action="store_true",
+        help="LoRA run: write only the adapter (and fully trained parts) as out.safetensors",
+    )
     args = parser.parse_args(argv)
     try:
         path = export_checkpoint(
@@ -189,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             image_size=args.image_size,
             prefix=args.prefix,
             drop_text=args.drop_text,
+            base=args.base,
+            adapter_only=args.adapter_only,
         )
     except CheckpointError as err:  # an unreadable or unsafe file: bad input, like argparse's
         print(f"error: {err}", file=sys.stderr)

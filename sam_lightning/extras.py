@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "onnx": ("onnx", "onnxruntime"),
     "coco": ("pycocotools",),
     "cluster": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
+    "peft": ("peft",),
 }
 
 

@@ -19,6 +19,7 @@ parsers check values with.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -63,6 +64,46 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     with atomic_path(path) as tmp, open(tmp, "xb") as handle:
         handle.write(data)
     return Path(path)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 24) -> str:
+    """The SHA-256 (hex) of a file's bytes, read in chunks (e.g. a base checkpoint's
+    identity, recorded by the adapters trained on it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_if_absent(path: str | os.PathLike[str], data: bytes) -> None:
+    """Creates ``path`` holding ``data`` unless it exists, atomically and safely when several
+    processes try at once: the data goes to a temporary file that is hard-linked into place
+    (the link fails if another process came first). On file systems without hard links the
+    file is created exclusively and written (readers retry a partly written one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it: the caller compares with it
+        except OSError:  # no hard links here (some FUSE and network file systems)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def is_temp_file(path: str | os.PathLike[str]) -> bool:

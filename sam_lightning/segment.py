@@ -183,6 +183,7 @@ def build_predictor(
     device: str,
     image_size: int = 1024,
     clip: str | Path | None = None,
+    lora_weights: str | Path | None = None,
 ) -> SamPredictor:
     """Builds the model (random weights, seeded, when ``checkpoint`` is None) for
     ``image_size`` inputs (the official checkpoints: 1024) and a predictor; with ``clip`` (a
@@ -202,6 +203,7 @@ def build_predictor(
         device,
         text_embed_dim=None if text_encoder is None else text_encoder.embed_dim,
         checkpoint_flag="--checkpoint PATH",
+        lora_weights=lora_weights,
     )
     return SamPredictor(model, text_encoder=text_encoder)
 
@@ -219,6 +221,7 @@ def segment_image(
     texts: Sequence[str] = (),
     clip: str | Path | None = None,
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    lora_weights: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Segments ``image_path`` from XY(label) ``points`` and XYXY ``boxes`` in pixels, or from
     ``texts`` (each with the points; needs ``clip``, the CLIP directory, and a checkpoint
@@ -226,7 +229,8 @@ def segment_image(
     records of masks.json. ``image_size`` is the model's input side (1024 for the official
     checkpoints; a trained checkpoint needs the size it was trained at). An image with more
     than ``max_image_pixels`` pixels (None: no limit) is refused, as one that cannot be read
-    (:func:`~sam_lightning.file_io.read_image`).
+    (:func:`~sam_lightning.file_io.read_image`). ``lora_weights``: a LoRA adapter file
+    (``export --adapter-only``) trained on ``checkpoint``, merged into it.
 
     ``multimask_output=None`` returns 3 masks for a single point or a text alone and 1
     otherwise. Raises ValueError for invalid prompts or ``image_size``, UnreadableImageError
@@ -242,7 +246,7 @@ def segment_image(
         multimask_output = (len(points) == 1 and not boxes and not texts) or (
             bool(texts) and not points
         )
-    predictor = build_predictor(model_type, checkpoint, device, image_size, clip)
+    predictor = build_predictor(model_type, checkpoint, device, image_size, clip, lora_weights)
     predictor.set_image(image)
     masks, scores, prompt_index = predict_masks(
         predictor, points, boxes, multimask_output, texts
@@ -252,6 +256,7 @@ def segment_image(
         "image_size": [int(image.shape[0]), int(image.shape[1])],
         "model_type": model_type,
         "checkpoint": None if checkpoint is None else str(checkpoint),
+        "lora_weights": None if lora_weights is None else str(lora_weights),
         "points": [list(p) for p in points],
         "boxes": [list(b) for b in boxes],
         "texts": list(texts),
@@ -337,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="vit_b")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help=f"model weights ({OFFICIAL_CHECKPOINTS}); random if omitted")
+    parser.add_argument("--lora-weights", type=Path, default=None, metavar="FILE",
+                        help="LoRA adapter (.safetensors from export --adapter-only) trained "
+                        "on --checkpoint, merged into it")
     parser.add_argument("--image-size", type=parse_positive_int, default=1024,
                         help="model input side: 1024 for the official checkpoints, else the "
                         "size the checkpoint was trained at (e.g. 64 for the demo)")
@@ -363,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give at least one --point, --box or --text")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         parser.error(f"checkpoint file not found: {args.checkpoint}")
+    if args.lora_weights is not None and not args.lora_weights.is_file():
+        parser.error(f"adapter file not found: {args.lora_weights}")
     if problem := output_problem(args.output):
         parser.error(problem)
     try:
@@ -375,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records = segment_image(
             args.image, args.output, args.point, args.box, args.model_type,
             args.checkpoint, args.multimask, args.device, args.image_size, args.text, args.clip,
-            args.max_image_pixels,
+            args.max_image_pixels, args.lora_weights,
         )
     except CheckpointError as error:  # an unreadable checkpoint: one line, without the usage
         print(f"{parser.prog}: error: {error}", file=sys.stderr)

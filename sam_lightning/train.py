@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,14 @@ def start_problems(config: Mapping[str, Any], run_dir: Path) -> tuple[str | None
     checkpoint = (config.get("model") or {}).get("checkpoint")
     if checkpoint is not None and not Path(str(checkpoint)).is_file():
         problems.append(f"model.checkpoint={checkpoint}: no such file")
+    if (config.get("training") or {}).get("embedding_cache"):
+        from sam_lightning.training.embedding_cache import cache_problems
+
+        lsj = bool(data.get("lsj", False))
+        problems += [f"training.embedding_cache: {p}" for p in cache_problems(lsj=lsj)]
+    adapter = ((config.get("model") or {}).get("lora") or {}).get("weights")
+    if adapter is not None and not Path(str(adapter)).is_file():
+        problems.append(f"model.lora.weights={adapter}: no such file")
     resume_from, problem = _resume_path(config, run_dir / "checkpoints")
     if problem:
         problems.append(problem)
@@ -169,6 +178,7 @@ def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
         checkpoint=model["checkpoint"],
         image_size=int(model["image_size"]),
         seed=int(config["seed"]),
+        lora=model.get("lora"),
         **optim,
         **training,
     )
@@ -186,6 +196,15 @@ def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
         use_distributed_sampler=False,  # SamDataModule splits the data across ranks itself
         **{**config["trainer"], "strategy": build_strategy(config["trainer"]["strategy"])},
     )
+    before: dict[str, float] = {}
+    if config.get("validate_before") and resume_from is None:
+        (results,) = trainer.validate(module, datamodule=datamodule, verbose=False)
+        before = {f"before/{name}": float(value) for name, value in results.items()}
+        # The metrics' states now hold inference-mode tensors, which fit cannot update.
+        for metric in module.val_ious.values():
+            metric.reset()
+        log.info("before training: %s", before)
+    started = time.perf_counter()
     trainer.fit(
         module,
         datamodule=datamodule,
@@ -199,6 +218,8 @@ def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         metrics.update((name, float(value)) for name, value in trainer.callback_metrics.items())
     metrics["step"] = trainer.global_step
+    metrics["fit_seconds"] = time.perf_counter() - started
+    metrics.update(before)
     for logger in loggers:  # one W&B run per job, also in a Hydra multirun
         if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
             logger.experiment.finish()

@@ -41,8 +41,10 @@ def build_tool(
     disk_cache: bool = True,
     semi_source: str = "generator",
     semi_options: dict[str, Any] | None = None,
+    lora_weights: str | os.PathLike[str] | None = None,
 ) -> AnnotationTool:
-    """Builds the model (random weights, seeded, without ``checkpoint``), the confident-mask
+    """Builds the model (random weights, seeded, without ``checkpoint``; ``lora_weights``: an
+    adapter file merged into ``checkpoint``), the confident-mask
     source for ``mode="semi"`` (see :mod:`sam_lightning.annotate.semi`) and the tool."""
     from sam_lightning.annotate.semi import build_mask_source
     from sam_lightning.annotate.tool import MODES, AnnotationTool
@@ -52,7 +54,7 @@ def build_tool(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not Path(images).is_dir():
         raise FileNotFoundError(f"images: not a directory: {images}")
-    model = build_model(model_type, checkpoint, image_size, device)
+    model = build_model(model_type, checkpoint, image_size, device, lora_weights=lora_weights)
     source = None
     if mode == "semi":
         source = build_mask_source(model, semi_source, dict(semi_options or {}))
@@ -121,6 +123,7 @@ def run_from_config(cfg: DictConfig) -> int:
             model_type=cfg.model.type,
             checkpoint=cfg.model.checkpoint,
             image_size=cfg.model.image_size,
+            lora_weights=cfg.model.lora.weights,
             device=cfg.device,
             mode=cfg.mode,
             annotator=str(cfg.annotator),

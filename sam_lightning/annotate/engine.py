@@ -13,7 +13,6 @@ feed them back (``previous``), as SAM's interactive loop does.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -32,6 +31,7 @@ import torch
 
 from sam_lightning.file_io import write_atomic
 from sam_lightning.inference.predictor import SamPredictor
+from sam_lightning.modeling.fingerprint import encoder_fingerprint
 
 if TYPE_CHECKING:
     from sam_lightning.modeling.sam import Sam
@@ -254,17 +254,9 @@ class AnnotationEngine:
 
 
 def weights_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
-    """Identifies the image encoder's weights for the embedding cache: its input size,
-    parameter count and a SHA-256 of every tensor's shape and of 256 values sampled evenly
-    from it (fine-tuned weights change all of them; a decoder-only change keeps the cache)."""
+    """Identifies the weights behind the cached embeddings: the encoder's input size and
+    :func:`~sam_lightning.modeling.fingerprint.encoder_fingerprint` of the image encoder and
+    the pixel normalisation (a decoder-only change keeps the cache)."""
     encoder = model.image_encoder
-    digest = hashlib.sha256()
-    count = 0
-    with torch.no_grad():
-        for name, tensor in [*encoder.named_parameters(), *encoder.named_buffers()]:
-            flat = tensor.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 256)].to("cpu", torch.float64)
-            digest.update(f"{name}{tuple(tensor.shape)}".encode())
-            digest.update(sample.numpy().tobytes())
-            count += tensor.numel()
-    return {"image_size": int(encoder.img_size), "values": count, "sha256": digest.hexdigest()}
+    extra = {"pixel_mean": model.pixel_mean, "pixel_std": model.pixel_std}
+    return {"image_size": int(encoder.img_size), "sha256": encoder_fingerprint(encoder, extra)}

@@ -12,6 +12,7 @@ from torch import nn
 
 from sam_lightning.modeling.checkpoint import load_checkpoint
 from sam_lightning.modeling.image_encoder import ImageEncoderViT
+from sam_lightning.modeling.image_size import adapt_to_model
 from sam_lightning.modeling.mask_decoder import MaskDecoder
 from sam_lightning.modeling.prompt_encoder import PromptEncoder
 from sam_lightning.modeling.sam import Sam
@@ -46,7 +47,10 @@ def build_sam_custom(
     Args:
         encoder_embed_dim, encoder_depth, encoder_num_heads: ViT width, depth and heads.
         encoder_global_attn_indexes: blocks with global attention (others are windowed).
-        image_size: side of the square encoder input, a multiple of ``patch_size``.
+        image_size: side of the square encoder input, any multiple of ``patch_size`` (e.g.
+            512 or 768); a checkpoint made for another size (the official ones: 1024) has
+            its position embedding and global-attention rel-pos tables interpolated, see
+            :func:`~sam_lightning.modeling.image_size.adapt_to_model`.
         window_size: window side (in tokens) of the windowed blocks.
         checkpoint: state-dict file, see :func:`~sam_lightning.modeling.checkpoint.load_checkpoint`.
         patch_size: side of the encoder's patches (official: 16); the image embedding is
@@ -107,7 +111,9 @@ def build_sam_custom(
     )
     sam.eval()
     if checkpoint is not None:
-        result = load_checkpoint(sam, checkpoint, strict=True, may_be_missing=[TEXT_PROJECTION])
+        result = load_checkpoint(
+            sam, checkpoint, strict=True, may_be_missing=[TEXT_PROJECTION], adapt=adapt_to_model
+        )
         if any(key.startswith(TEXT_PROJECTION) for key in result.missing_keys):
             warnings.warn(
                 f"{checkpoint} has no text projection ({TEXT_PROJECTION}*): it is freshly "
@@ -190,9 +196,11 @@ def build_sam(
 ) -> Sam:
     """Builds a registered model (``vit_b``, ``vit_l``, ``vit_h``, ``vit_tiny``,
     ``vit_nano``) in eval mode, optionally loading ``checkpoint`` (official ``.pth``, our
-    training checkpoints, ``.safetensors``) strictly. ``drop_path_rate`` and
-    ``activation_checkpointing`` are training features of the image encoder, see
-    :func:`build_sam_custom`; ``text_embed_dim`` adds a CLIP text prompt (App. D.5)."""
+    training checkpoints, ``.safetensors``) strictly. ``image_size`` is any multiple of the
+    patch size; weights made for another size (the official ones: 1024) are interpolated,
+    see :func:`build_sam_custom`. ``drop_path_rate`` and ``activation_checkpointing`` are
+    training features of the image encoder, see :func:`build_sam_custom`;
+    ``text_embed_dim`` adds a CLIP text prompt (App. D.5)."""
     if model_type not in sam_model_registry:
         raise ValueError(
             f"unknown model type {model_type!r}; choose one of {sorted(sam_model_registry)}"

@@ -296,12 +296,19 @@ def _safetensors_problem(path: Path, size: int, head: bytes, err: Exception) -> 
     return f"safetensors file {path} has corrupt data: {_reason(err)}"
 
 
+#: A hook of :func:`load_checkpoint`: ``adapt(state_dict, model, path)`` returns the state
+#: dict to load (e.g. :func:`~sam_lightning.modeling.image_size.adapt_to_model`).
+StateDictAdapter = Callable[[dict[str, Tensor], nn.Module, Path], Mapping[str, Tensor]]
+
+
 def load_checkpoint(
     model: nn.Module,
     path: str | PathLike[str],
     strict: bool = True,
     prefix: str | None = None,
     may_be_missing: Sequence[str] = (),
+    *,
+    adapt: StateDictAdapter | None = None,
 ) -> Any:
     """Loads weights from ``path`` (see :func:`load_state_dict_file`) into ``model``.
 
@@ -309,6 +316,10 @@ def load_checkpoint(
         may_be_missing: key prefixes of the model that the file need not hold, even when
             ``strict`` (e.g. ``"prompt_encoder.text_projection."``: an official checkpoint
             loaded into a model with a text prompt); those weights keep their values.
+        adapt: applied to the file's state dict before the key and shape check, with the
+            model and the file's path (for its messages): e.g.
+            :func:`~sam_lightning.modeling.image_size.adapt_to_model` interpolates the
+            weights that depend on the input size. None: loaded as read.
 
     Raises:
         ValueError: listing missing and unexpected keys (when ``strict``) and keys whose
@@ -319,6 +330,8 @@ def load_checkpoint(
         when optional keys were missing).
     """
     state_dict = load_state_dict_file(path, prefix=prefix)
+    if adapt is not None:
+        state_dict = dict(adapt(state_dict, model, Path(path)))
     expected = model.state_dict()
     optional = tuple(may_be_missing)
     _check_keys(
@@ -336,10 +349,12 @@ def save_checkpoint(
     model_or_state_dict: nn.Module | Mapping[str, Tensor],
     path: str | PathLike[str],
     format: str | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Writes a plain state dict atomically (temporary file in the same folder, then
     ``os.replace``): ``format="torch"`` is the official ``.pth`` format, ``"safetensors"``
     the safetensors format; by default safetensors iff the suffix is ``.safetensors``.
+    ``metadata``: string entries of a safetensors header (e.g. an adapter's settings).
 
     Returns:
         The path written.
@@ -360,10 +375,12 @@ def save_checkpoint(
 
     with atomic_path(path) as tmp:
         if format == "torch":
+            if metadata:
+                raise ValueError("metadata needs the safetensors format")
             with open(tmp, "xb") as f:
                 torch.save(tensors, f)
         else:
-            save_file(tensors, tmp)
+            save_file(tensors, tmp, metadata=None if metadata is None else dict(metadata))
     return path
 
 

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 from sam_lightning.settings.schema import Choices
 
 #: The names of ``model.type``: the model registry's keys.
 MODEL_TYPES = Choices("sam_lightning.modeling.build:sam_model_registry")
+
+
+@dataclass
+class LoraSettings:
+    """``model.lora`` (``conf/lora/default.yaml``): LoRA adapters, see
+    :class:`~sam_lightning.modeling.adapters.LoraSpec`; ``rank`` null or 0 turns them off.
+    ``weights``: an adapter file (``export --adapter-only``) applied to ``model.checkpoint``
+    (its base): merged at inference, the starting adapter in training."""
+
+    rank: int | None = None
+    alpha: float | None = None  # None: rank (scale alpha / rank = 1, as SAMed)
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["encoder_attn"])
+    qkv: Literal["qv", "qkv"] = "qv"
+    weights: str | None = None
 
 
 @dataclass
@@ -20,6 +35,7 @@ class ModelSettings:
     type: Annotated[str, MODEL_TYPES]
     checkpoint: str | None = None
     image_size: int = 1024
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
 
 @dataclass

@@ -113,6 +113,8 @@ class TrainingSettings:
     drop_path_rate: float = 0.0  # stochastic depth of the last encoder block (App. A: 0.4)
     activation_checkpointing: bool = False  # recompute encoder blocks in backward
     text: TextSettings | None = None
+    embedding_cache: str | None = None  # directory of cached image embeddings (frozen encoder)
+    embedding_cache_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
 @dataclass
@@ -197,6 +199,9 @@ class TrainSettings:
     # it exists (else start from scratch, with a warning); must: refuse to start without it
     resume: bool | Literal["must"] = False
     ckpt_path: str | None = None
+    # validate the starting weights first (metrics.json: before/val/...), e.g. a base to adapt
+    validate_before: bool = False
+    base: str | None = None  # the weights an experiment adapts (demo_adapt: model.checkpoint)
 
 
 def check(config: Mapping[str, Any]) -> list[str]:

@@ -12,16 +12,23 @@ come from ``generator`` (on any device), so a seeded generator makes the crops r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sam_lightning.settings.schema import defaults
+from sam_lightning.settings.train import TextSettings
 from sam_lightning.training.prompts import mask_boxes
 
 if TYPE_CHECKING:
     from sam_lightning.modeling.text_encoder import ClipEncoder
+
+#: Settings of ``training.text`` (App. D.5) and their defaults; ``clip_path`` or
+#: ``clip_tiny`` is needed.
+TEXT_DEFAULTS: dict[str, Any] = defaults(TextSettings)
 
 
 def _check_inputs(
@@ -166,3 +173,44 @@ def clip_image_prompts(
         zero_outside_probability=zero_outside_probability,
     )
     return clip.encode_image(crops, crop_masks)
+
+
+def text_settings(text: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The ``training.text`` settings completed with :data:`TEXT_DEFAULTS`, as plain containers;
+    unknown keys, a missing CLIP and out-of-range values raise ValueError."""
+    if text is None:
+        return None
+    unknown = sorted(set(text) - set(TEXT_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"unknown training.text settings {unknown}; known: {sorted(TEXT_DEFAULTS)}"
+        )
+    settings = {**TEXT_DEFAULTS, **dict(text)}
+    if (settings["clip_path"] is None) == (settings["clip_tiny"] is None):
+        raise ValueError("training.text needs exactly one of clip_path and clip_tiny")
+    low, high = (float(v) for v in settings["expand_range"])
+    if not 1.0 <= low <= high:
+        raise ValueError(f"training.text.expand_range must be 1 <= low <= high, got {[low, high]}")
+    for key in ("probability", "zero_outside_probability"):
+        if not 0.0 <= float(settings[key]) <= 1.0:
+            raise ValueError(f"training.text.{key} must be in [0, 1], got {settings[key]}")
+    return {
+        "clip_path": None if settings["clip_path"] is None else str(settings["clip_path"]),
+        "clip_tiny": None if settings["clip_tiny"] is None else dict(settings["clip_tiny"]),
+        "clip_seed": int(settings["clip_seed"]),
+        "min_mask_area": int(settings["min_mask_area"]),
+        "probability": float(settings["probability"]),
+        "expand_range": [low, high],
+        "zero_outside_probability": float(settings["zero_outside_probability"]),
+    }
+
+
+def build_clip(settings: Mapping[str, Any]) -> ClipEncoder:
+    """The frozen CLIP of the text settings: from ``clip_path`` or a random tiny one."""
+    from sam_lightning.modeling.text_encoder import ClipEncoder, tiny_clip_config
+
+    if settings["clip_path"] is not None:
+        return ClipEncoder.from_pretrained(settings["clip_path"])
+    return ClipEncoder.from_config(
+        tiny_clip_config(**settings["clip_tiny"]), seed=settings["clip_seed"]
+    )

@@ -11,15 +11,22 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from sam_lightning.inference.clicks import interior_points
+from sam_lightning.file_io import sha256_file
+from sam_lightning.modeling.adapters import adapted_parts
 from sam_lightning.modeling.build import build_sam
-from sam_lightning.settings.schema import defaults
-from sam_lightning.settings.train import TextSettings
+from sam_lightning.training import clip_prompts
+from sam_lightning.training.embedding_cache import (
+    DTYPES,
+    EmbeddingCache,
+    cache_problems,
+    open_model_cache,
+)
 from sam_lightning.training.interactive import simulate_interactive
-from sam_lightning.training.optim import build_optimizer, freeze
-from sam_lightning.training.overlays import validation_panels
+from sam_lightning.training.lora import LoraTraining, lora_hparams, lora_spec
+from sam_lightning.training.optim import PARTS, build_optimizer, freeze
 from sam_lightning.training.validation import (
     corrective_click_ious,
+    example_panels,
     single_prompt_ious,
     text_prompt_ious,
 )
@@ -29,8 +36,6 @@ if TYPE_CHECKING:
 
 #: The checkpoint entry holding :attr:`SamTrainingModule.batches_seen`.
 POSITION_KEY = "sam_lightning_batches_seen"
-#: Settings of ``text`` (App. D.5) and their defaults; ``clip_path`` or ``clip_tiny`` is needed.
-TEXT_DEFAULTS: dict[str, Any] = defaults(TextSettings)
 
 
 class SamTrainingModule(L.LightningModule):
@@ -54,17 +59,26 @@ class SamTrainingModule(L.LightningModule):
             (``val/miou_<k>clicks``: each next click at the deepest error pixel, App. D.1).
         val_images: validation images shown with their masks (ground truth beside the 1-point
             prediction) to loggers that take images (W&B), at every validation.
-        text: CLIP prompts (App. D.5), None for none; keys of :data:`TEXT_DEFAULTS`. The
-            model gets a text token (``text_embed_dim`` = the CLIP's width); masks of at
-            least ``min_mask_area`` pixels (of the original image) are first prompted, with
+        text: CLIP prompts (App. D.5), None for none; keys of
+            :data:`~sam_lightning.training.clip_prompts.TEXT_DEFAULTS`. The model gets a
+            text token (``text_embed_dim`` = the CLIP's width); masks of at least
+            ``min_mask_area`` pixels (of the original image) are first prompted, with
             ``probability``, by the frozen CLIP's image embedding of a square crop around
             them (box expanded by a random factor in ``expand_range``, pixels outside the
             mask zeroed with ``zero_outside_probability``, the last attention layer
             restricted to the mask), then get the corrective clicks. Validation adds
-            ``val/miou_clip``: the mask from that embedding alone (middle expansion,
-            nothing zeroed).
+            ``val/miou_clip``: the mask from that embedding alone (middle expansion, nothing
+            zeroed).
         seed: base seed of the prompt sampling (combined with the batch position and the
             rank, so a resumed run samples what the uninterrupted one would have).
+        lora: ``model.lora`` settings (:class:`~sam_lightning.settings.model.LoraSettings`):
+            with a rank, peft's LoRA adapters are added to ``checkpoint``'s weights; the
+            parts holding adapters keep their base frozen, the others train unless
+            ``frozen``, and checkpoints hold only what trains (and the base's SHA-256).
+        embedding_cache: directory where the frozen encoder's embeddings are kept
+            (:class:`~sam_lightning.training.embedding_cache.EmbeddingCache`, entries in
+            ``embedding_cache_dtype``): computed once per image, then read, skipping the
+            encoder. Refused (ValueError) with a trained encoder, LoRA on it or drop path.
 
     Attributes:
         batches_seen: training batches this rank has started, kept in checkpoints: the data
@@ -98,9 +112,16 @@ class SamTrainingModule(L.LightningModule):
         val_images: int = 4,
         seed: int = 0,
         text: Mapping[str, Any] | None = None,
+        lora: Mapping[str, Any] | None = None,
+        embedding_cache: str | None = None,
+        embedding_cache_dtype: str = "float32",
     ) -> None:
         super().__init__()
-        text_settings = _text_settings(text)
+        text_settings = clip_prompts.text_settings(text)
+        spec = lora_spec(lora)
+        # The base's identity, recorded for resume and export (the base stays out of
+        # checkpoints of LoRA runs).
+        base_sha256 = sha256_file(checkpoint) if spec is not None and checkpoint else None
         # Plain containers only: checkpoints are read back with weights_only=True.
         self.save_hyperparameters(
             {
@@ -126,10 +147,15 @@ class SamTrainingModule(L.LightningModule):
                 "val_images": int(val_images),
                 "seed": int(seed),
                 "text": text_settings,
+                "lora": None
+                if spec is None
+                else lora_hparams(spec, base_sha256, lora.get("weights")),
+                "embedding_cache": None if embedding_cache is None else str(embedding_cache),
+                "embedding_cache_dtype": str(embedding_cache_dtype),
             }
         )
         # Frozen and not a submodule: its weights stay out of checkpoints and the optimiser.
-        self._clip = None if text_settings is None else (_build_clip(text_settings),)
+        self._clip = None if text_settings is None else (clip_prompts.build_clip(text_settings),)
         self.model = build_sam(
             model_type,
             checkpoint=checkpoint,
@@ -139,6 +165,35 @@ class SamTrainingModule(L.LightningModule):
             text_embed_dim=None if self.clip is None else self.clip.embed_dim,
         ).train()
         freeze(self.model, frozen)
+        self.lora: LoraTraining | None = None
+        if spec is not None:
+            self.lora = LoraTraining.setup(
+                self.model,
+                spec,
+                frozen=frozen,
+                base_path=checkpoint,
+                base_sha256=base_sha256,
+                model_type=model_type,
+                image_size=int(image_size),
+                weights=lora.get("weights"),
+            )
+            # Checkpoints hold only what trains; LoraTraining.check names any mismatch.
+            self.strict_loading = False
+        self._cache: EmbeddingCache | None = None
+        if embedding_cache is not None:
+            adapted = [] if self.lora is None else adapted_parts(self.lora.modules)
+            problems = cache_problems(
+                frozen=frozen,
+                drop_path_rate=drop_path_rate,
+                lora_on_encoder="image_encoder" in adapted,
+            )
+            if problems:
+                raise ValueError("training.embedding_cache: " + "; ".join(problems))
+            if embedding_cache_dtype not in DTYPES:
+                raise ValueError(
+                    f"training.embedding_cache_dtype must be one of {sorted(DTYPES)}, got "
+                    f"{embedding_cache_dtype!r}"
+                )
         self.batches_seen = 0
         self.validated_at_step: int | None = None
         names = ["1pt", "box", *[f"{k}clicks" for k in range(2, int(val_clicks) + 1)]]
@@ -158,8 +213,6 @@ class SamTrainingModule(L.LightningModule):
         """CLIP image embeddings ``P×D`` of the batch's masks and the ``P`` flags of the
         masks that take them (large enough, and drawn with ``probability`` in training;
         rows not flagged are zeros)."""
-        from sam_lightning.training.clip_prompts import clip_image_prompts
-
         settings, masks = self.hparams.text, batch["masks"]
         # Areas in pixels of the original images, as the paper counts them.
         scale = batch["original_size"][:, 0].float() / batch["input_size"][:, 0].float()
@@ -173,7 +226,7 @@ class SamTrainingModule(L.LightningModule):
         if use.any():
             low, high = settings["expand_range"]
             middle = (low + high) / 2
-            embeddings[use] = clip_image_prompts(
+            embeddings[use] = clip_prompts.clip_image_prompts(
                 clip,
                 batch["images"].float(),
                 batch["image_index"][use],
@@ -189,9 +242,12 @@ class SamTrainingModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_index: int) -> None:
         # Counted at the start: a checkpoint written at this batch's end includes it.
         self.batches_seen += 1
+        self._frozen_parts_to_eval()  # Lightning restores the modes it saw before validation
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[POSITION_KEY] = self.batches_seen
+        if self.lora is not None:
+            self.lora.trim(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if POSITION_KEY not in checkpoint:
@@ -199,6 +255,27 @@ class SamTrainingModule(L.LightningModule):
                 f"checkpoint has no {POSITION_KEY!r}: it was not written by SamTrainingModule"
             )
         self.batches_seen = int(checkpoint[POSITION_KEY])
+        if self.lora is not None:
+            self.lora.check(checkpoint)
+        elif (checkpoint.get("hyper_parameters") or {}).get("lora"):
+            raise ValueError(
+                "the checkpoint holds LoRA adapters (model.lora): resume with the run's "
+                "model.lora settings"
+            )
+
+    def train(self, mode: bool = True) -> SamTrainingModule:
+        """Training mode, except for the parts that get no gradients at all: a frozen part
+        runs in eval mode (no drop path), so its outputs do not change from step to step."""
+        super().train(mode)
+        if mode:
+            self._frozen_parts_to_eval()
+        return self
+
+    def _frozen_parts_to_eval(self) -> None:
+        for part in PARTS:
+            module = getattr(self.model, part)
+            if module.training and not any(p.requires_grad for p in module.parameters()):
+                module.eval()
 
     def _embeddings(self, batch: dict[str, Any]) -> Tensor:
         """Image embeddings of the batch: the unpadded images are normalised and padded by
@@ -208,9 +285,30 @@ class SamTrainingModule(L.LightningModule):
             for image, (h, w) in zip(batch["images"], batch["input_size"].tolist())
         ]
         if not any(p.requires_grad for p in self.model.image_encoder.parameters()):
+            if self.hparams.embedding_cache is not None:
+                return self.embedding_cache.embed(
+                    self.model.encode_images, batch["images"], batch["input_size"]
+                )
             with torch.no_grad():
                 return self.model.encode_images(images)
         return self.model.encode_images(images)
+
+    @property
+    def embedding_cache(self) -> EmbeddingCache:
+        """The cache of ``embedding_cache``, opened on first use (its key includes the
+        trainer's precision: autocast changes the embeddings)."""
+        if self._cache is None:
+            self._cache = open_model_cache(
+                self.model,
+                self.hparams.embedding_cache,
+                self.hparams.embedding_cache_dtype,
+                precision=str(self.trainer.precision) if self._trainer else "32-true",
+                description={
+                    "model_type": self.hparams.model_type,
+                    "image_size": self.hparams.image_size,
+                },
+            )
+        return self._cache
 
     def _generator(self) -> torch.Generator:
         """The prompt sampler of the current batch (``batches_seen - 1``) on this rank."""
@@ -297,7 +395,6 @@ class SamTrainingModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self.validated_at_step = self.global_step
 
-    @torch.no_grad()
     def _log_examples(self, batch: dict[str, Any], embeddings: Tensor) -> None:
         """Ground truth beside the 1-point predictions (click drawn) for the first
         ``val_images`` images of the batch, to every logger with ``log_image`` (W&B)."""
@@ -305,33 +402,7 @@ class SamTrainingModule(L.LightningModule):
         count = min(self.hparams.val_images, len(batch["images"]))
         if not loggers or count <= 0 or self.global_rank != 0:
             return
-        chosen = batch["image_index"] < count
-        masks, image_index = batch["masks"][chosen], batch["image_index"][chosen]
-        points = interior_points(masks)
-        low_res, scores = self.model.decode(
-            embeddings,
-            point_coords=points[:, None].float(),
-            point_labels=torch.ones(len(masks), 1, dtype=torch.int, device=masks.device),
-            multimask_output=True,
-            image_index=image_index,
-        )
-        best = low_res[torch.arange(len(low_res)), scores.argmax(1), None]
-        size = masks.shape[-2:]
-        upscaled = torch.nn.functional.interpolate(best, size, mode="bilinear")
-        predicted = upscaled[:, 0] > self.model.mask_threshold
-        panels = []
-        for i in range(count):
-            height, width = batch["input_size"][i].tolist()
-            mine = image_index == i
-            clicks = [(x, y, 1) for x, y in points[mine].tolist()]
-            panels.append(
-                validation_panels(
-                    batch["images"][i][:, :height, :width],
-                    masks[mine][:, :height, :width],
-                    predicted[mine][:, :height, :width],
-                    points=clicks,
-                )
-            )
+        panels = example_panels(self.model, batch, embeddings, count)
         for logger in loggers:
             logger.log_image(key="val/examples", images=panels, step=self.global_step)
 
@@ -351,44 +422,3 @@ class SamTrainingModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
-
-
-def _text_settings(text: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The ``text`` settings completed with :data:`TEXT_DEFAULTS`, as plain containers;
-    unknown keys, a missing CLIP and out-of-range values raise ValueError."""
-    if text is None:
-        return None
-    unknown = sorted(set(text) - set(TEXT_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"unknown training.text settings {unknown}; known: {sorted(TEXT_DEFAULTS)}"
-        )
-    settings = {**TEXT_DEFAULTS, **dict(text)}
-    if (settings["clip_path"] is None) == (settings["clip_tiny"] is None):
-        raise ValueError("training.text needs exactly one of clip_path and clip_tiny")
-    low, high = (float(v) for v in settings["expand_range"])
-    if not 1.0 <= low <= high:
-        raise ValueError(f"training.text.expand_range must be 1 <= low <= high, got {[low, high]}")
-    for key in ("probability", "zero_outside_probability"):
-        if not 0.0 <= float(settings[key]) <= 1.0:
-            raise ValueError(f"training.text.{key} must be in [0, 1], got {settings[key]}")
-    return {
-        "clip_path": None if settings["clip_path"] is None else str(settings["clip_path"]),
-        "clip_tiny": None if settings["clip_tiny"] is None else dict(settings["clip_tiny"]),
-        "clip_seed": int(settings["clip_seed"]),
-        "min_mask_area": int(settings["min_mask_area"]),
-        "probability": float(settings["probability"]),
-        "expand_range": [low, high],
-        "zero_outside_probability": float(settings["zero_outside_probability"]),
-    }
-
-
-def _build_clip(settings: Mapping[str, Any]) -> ClipEncoder:
-    """The frozen CLIP of the text settings: from ``clip_path`` or a random tiny one."""
-    from sam_lightning.modeling.text_encoder import ClipEncoder, tiny_clip_config
-
-    if settings["clip_path"] is not None:
-        return ClipEncoder.from_pretrained(settings["clip_path"])
-    return ClipEncoder.from_config(
-        tiny_clip_config(**settings["clip_tiny"]), seed=settings["clip_seed"]
-    )

@@ -1,6 +1,6 @@
 """Validation prompts and metrics of training: mIoU after one point, after one box and
 after N corrective clicks (SAM paper App. D.1, the protocol of RITM), measured in the padded
-input frame of the batch.
+input frame of the batch, and the example panels logged with them.
 
 The click protocol and the mask IoU are those of the point-prompt harness
 (:mod:`sam_lightning.evaluation.points`), from :mod:`sam_lightning.inference.clicks`, so that
@@ -10,12 +10,16 @@ are returned as float32.
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from sam_lightning.inference.clicks import click_session, interior_points, mask_iou
 from sam_lightning.modeling.sam import Sam
+from sam_lightning.training.overlays import validation_panels
 from sam_lightning.training.prompts import mask_boxes
 
 
@@ -112,3 +116,38 @@ def corrective_click_ious(
         return _masks(model, logits, size)
 
     return click_session(decode, to_masks, gt_masks, num_clicks).ious.float()
+
+
+@torch.no_grad()
+def example_panels(
+    model: Sam, batch: dict[str, Any], embeddings: Tensor, count: int
+) -> list[np.ndarray]:
+    """Ground truth beside the 1-point prediction (the click at the most interior pixel
+    drawn) for the first ``count`` images of a validation batch, as images to log."""
+    chosen = batch["image_index"] < count
+    masks, image_index = batch["masks"][chosen], batch["image_index"][chosen]
+    points = interior_points(masks)
+    low_res, scores = model.decode(
+        embeddings,
+        point_coords=points[:, None].float(),
+        point_labels=torch.ones(len(masks), 1, dtype=torch.int, device=masks.device),
+        multimask_output=True,
+        image_index=image_index,
+    )
+    best = low_res[torch.arange(len(low_res)), scores.argmax(1), None]
+    upscaled = F.interpolate(best, masks.shape[-2:], mode="bilinear")
+    predicted = upscaled[:, 0] > model.mask_threshold
+    panels = []
+    for i in range(count):
+        height, width = batch["input_size"][i].tolist()
+        mine = image_index == i
+        clicks = [(x, y, 1) for x, y in points[mine].tolist()]
+        panels.append(
+            validation_panels(
+                batch["images"][i][:, :height, :width],
+                masks[mine][:, :height, :width],
+                predicted[mine][:, :height, :width],
+                points=clicks,
+            )
+        )
+    return panels

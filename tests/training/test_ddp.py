@@ -63,9 +63,24 @@ OVERRIDES = [
 ]
 
 
-def test_two_nodes_on_loopback_train_together(tmp_path):
+@pytest.mark.parametrize("variant", ["full", "lora_bf16"])
+def test_two_nodes_on_loopback_train_together(tmp_path, variant):
+    """Also with LoRA adapters on a base checkpoint, in bf16-mixed: DDP reduces only what
+    trains (the base is frozen) and the checkpoint holds only that."""
     run_dir, outputs = tmp_path / "run", tmp_path / "ranks"
     outputs.mkdir()
+    overrides = list(OVERRIDES)
+    if variant == "lora_bf16":
+        from sam_lightning.modeling.build import build_sam
+        from sam_lightning.modeling.checkpoint import save_checkpoint
+
+        torch.manual_seed(0)
+        save_checkpoint(build_sam("vit_nano", image_size=64), tmp_path / "base.pth")
+        overrides += [
+            f"model.checkpoint={tmp_path / 'base.pth'}",
+            "model.lora.rank=2",
+            "trainer.precision=bf16-mixed",
+        ]
     port = free_port()
     processes = []
     for rank in range(2):
@@ -75,7 +90,7 @@ def test_two_nodes_on_loopback_train_together(tmp_path):
             "RANK_OUTPUT": str(outputs),
             "OMP_NUM_THREADS": "1",
         }
-        command = [sys.executable, "-c", LAUNCH, *OVERRIDES, f"hydra.run.dir={run_dir}"]
+        command = [sys.executable, "-c", LAUNCH, *overrides, f"hydra.run.dir={run_dir}"]
         processes.append(
             subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         )
@@ -96,5 +111,11 @@ def test_two_nodes_on_loopback_train_together(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["step"] == 3
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    for name, value in weights[0].items():
-        assert torch.equal(state[f"model.{name}"], value), name
+    for key, value in state.items():
+        assert torch.equal(weights[0][key.removeprefix("model.")], value), key
+    lora = [key for key in state if ".lora_" in key]
+    if variant == "full":
+        assert len(state) == len(weights[0]) and not lora
+    else:  # the adapters and the decoder, not the frozen encoder base
+        assert lora and len(state) < len(weights[0])
+        assert not any(".base_layer." in key for key in state)

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from sam_lightning.data.synthetic import SyntheticShapes, write_sa1b
-from sam_lightning.entry_points import config_dir, unset_settings
+from sam_lightning.entry_points import config_dir, register_resolvers, unset_settings
 from sam_lightning.modeling.build import build_sam
 from sam_lightning.modeling.checkpoint import save_checkpoint
 from sam_lightning.settings.schema import defaults
@@ -52,6 +52,7 @@ SHRINK = [
 
 
 def compose_experiment(name: str, *overrides: str) -> dict:
+    register_resolvers()  # as the entry points do (sam_bf16_on_gpu)
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[f"+exp={name}", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)
@@ -94,6 +95,8 @@ def assets(tmp_path_factory) -> dict:
             parameter.add_(0.01)
     save_checkpoint(model, official, format="torch")
     paths = {"checkpoint": official, "state": model.state_dict()}
+    paths["nano"] = root / "demo_nano.pth"  # what demo_adapt adapts: the demo's export
+    save_checkpoint(build_sam("vit_nano", image_size=64), paths["nano"])
     paths["clip"] = str(save_tiny_clip(root / "clip"))
     for split, seed in (("train", 0), ("val", 1)):
         coco_dir, sa1b_dir = root / f"coco_{split}", root / f"sa1b_{split}"
@@ -151,20 +154,37 @@ def test_text_recipe_numbers():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_trains_a_few_steps(name, assets, tmp_path):
-    config = compose_experiment(name, "model.checkpoint=null")
+    adapts = ["base=null"] if name == "demo_adapt" else []
+    config = compose_experiment(name, "model.checkpoint=null", *adapts)
     overrides = [*SHRINK, *data_overrides(config, assets)]
-    if name != "demo":
+    if name == "demo_adapt":
+        overrides.append(f"base={assets['nano']}")
+    elif name != "demo":
         overrides += [*SMALL_MODEL, f"model.checkpoint={assets['checkpoint']}"]
+    if config["training"].get("embedding_cache"):
+        overrides.append(f"training.embedding_cache={tmp_path / 'embeddings'}")
     config = compose_experiment(name, *overrides)
     metrics = train(config, tmp_path)
     assert metrics["step"] == 2 and 0.0 <= metrics["val/miou_1pt"] <= 1.0
     assert np.isfinite(metrics["train/loss"])
     trained = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    if name == "demo_adapt":  # validated before training too, from the base
+        assert config["model"]["checkpoint"] == str(assets["nano"])
+        assert 0.0 <= metrics["before/val/miou_1pt"] <= 1.0 and metrics["fit_seconds"] > 0
+        return
     if name == "demo":
         assert config["model"]["type"] == "vit_nano" and config["model"]["image_size"] == 64
         assert trained["model.image_encoder.patch_embed.proj.weight"].shape[-1] == 8
         return
     official = assets["state"]
+    if config["model"]["lora"]["rank"]:  # only what trains: adapters and the decoder
+        assert any(".lora_" in key for key in trained)
+        assert not any(".base_layer." in key or "prompt_encoder." in key for key in trained)
+        assert all(".lora_" in key for key in trained if key.startswith("model.image_encoder."))
+        return
+    if config["training"].get("embedding_cache"):
+        # 2 steps of 2 training images, 1 validation batch of 2 images: each embedded once
+        assert len(list((tmp_path / "embeddings").rglob("*.safetensors"))) == 6
     # Started from the checkpoint: a buffer that never trains still holds its values.
     name_pe = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
     assert torch.equal(trained[f"model.{name_pe}"], official[name_pe])

@@ -104,15 +104,7 @@ def assert_same_weights(expected: dict, actual: dict) -> None:
 RESUME = ["trainer.val_check_interval=2", "checkpoint.every_n_steps=0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Bitwise comparisons of runs need one intra-op thread: with two, the same run twice
-    differed in the last bit of most weights now and then when the machine was loaded (CPU
-    kernels split their sums by the threads that are free, measured with vit_nano)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: bitwise comparisons
 
 
 @pytest.fixture(scope="module")
