@@ -63,10 +63,11 @@ OVERRIDES = [
 ]
 
 
-@pytest.mark.parametrize("variant", ["full", "lora_bf16"])
+@pytest.mark.parametrize("variant", ["full", "lora_bf16", "cached"])
 def test_two_nodes_on_loopback_train_together(tmp_path, variant):
     """Also with LoRA adapters on a base checkpoint, in bf16-mixed: DDP reduces only what
-    trains (the base is frozen) and the checkpoint holds only that."""
+    trains (the base is frozen) and the checkpoint holds only that; and from one embedding
+    cache that both ranks fill with the images of their own batches."""
     run_dir, outputs = tmp_path / "run", tmp_path / "ranks"
     outputs.mkdir()
     overrides = list(OVERRIDES)
@@ -80,6 +81,11 @@ def test_two_nodes_on_loopback_train_together(tmp_path, variant):
             f"model.checkpoint={tmp_path / 'base.pth'}",
             "model.lora.rank=2",
             "trainer.precision=bf16-mixed",
+        ]
+    if variant == "cached":
+        overrides += [
+            "training.frozen=[image_encoder]",
+            f"training.embedding_cache={tmp_path / 'cache'}",
         ]
     port = free_port()
     processes = []
@@ -113,8 +119,12 @@ def test_two_nodes_on_loopback_train_together(tmp_path, variant):
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for key, value in state.items():
         assert torch.equal(weights[0][key.removeprefix("model.")], value), key
+    if variant == "cached":  # each image each rank trained or validated on, embedded once
+        entries = list((tmp_path / "cache").rglob("*.safetensors"))
+        assert len(entries) == len(set(first) | set(second)) + 2  # + the 2 validation images
+        assert not list((tmp_path / "cache").rglob("*.tmp"))
     lora = [key for key in state if ".lora_" in key]
-    if variant == "full":
+    if variant != "lora_bf16":
         assert len(state) == len(weights[0]) and not lora
     else:  # the adapters and the decoder, not the frozen encoder base
         assert lora and len(state) < len(weights[0])
