@@ -266,3 +266,28 @@ def test_bf16_mixed_lora_steps_run(tmp_path, base_file):
         tmp_path,
     )
     assert metrics["step"] == 2 and torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_segment_applies_an_adapter(tmp_path, straight_lora_run, base_file):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from sam_lightning import segment
+
+    ckpt = straight_lora_run / "checkpoints" / "last.ckpt"
+    adapter = export_checkpoint(ckpt, tmp_path / "adapter.safetensors", adapter_only=True)
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8)).save(image)
+    common = [str(image), "--box", "4,4,40,30", "--model-type", "vit_nano", "--image-size", "64"]
+    common += ["--checkpoint", str(base_file)]
+    out = tmp_path / "out"
+    assert segment.main([*common, "--lora-weights", str(adapter), "--output", str(out)]) == 0
+    document = json.loads((out / "masks.json").read_text())
+    assert document["lora_weights"] == str(adapter) and len(document["masks"]) == 1
+    with pytest.raises(SystemExit) as exit_info:  # argparse: a missing adapter file
+        segment.main(
+            [*common, "--lora-weights", str(tmp_path / "none.safetensors"), "--output", str(out)]
+        )
+    assert exit_info.value.code == 2
