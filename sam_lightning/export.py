@@ -12,10 +12,11 @@ trained with text prompts (``training.text``) keeps its text projection
 (``prompt_encoder.text_projection.*``, for ``build_sam(..., text_embed_dim=D)``), which the
 official builders refuse as unexpected keys; ``--drop-text`` leaves it out.
 
-A checkpoint of a LoRA run (``model.lora.rank``) holds only what trained: the adapters and
-the parts trained in full. The export merges the adapters into its base checkpoint (found
-through the path recorded in the checkpoint, or ``--base``; a base whose SHA-256 differs
-from the recorded one is refused) and writes the whole model; ``--adapter-only`` writes just
+A checkpoint of a LoRA run (``model.lora.rank``), or of a run that froze parts of its
+``model.checkpoint``, holds only what trained: the adapters and the parts trained in full.
+The export puts them on (merges the adapters into) its base checkpoint (found through the
+path recorded in the checkpoint, or ``--base``; a base whose SHA-256 differs from the
+recorded one is refused) and writes the whole model; ``--adapter-only`` writes just
 the adapter (and the fully trained parts) as safetensors with its settings as metadata, for
 ``model.lora.weights`` / ``segment --lora-weights``.
 """
@@ -42,6 +43,7 @@ from sam_lightning.modeling.adapters import (
 )
 from sam_lightning.modeling.build import TEXT_PROJECTION, build_sam, sam_model_registry
 from sam_lightning.modeling.checkpoint import (
+    TRAINED_ONLY_KEY,
     CheckpointError,
     load_state_dict_file,
     save_checkpoint,
@@ -111,8 +113,11 @@ def export_checkpoint(
         adapter, info = _adapter_of(weights, hparams, model_type, image_size)
         if adapter_only:
             return save_adapter(adapter, info, out_path)
-        base_weights = _base_weights(ckpt_path, info, base, model_type, image_size)
+        base_weights = _base_weights(ckpt_path, hparams, base, model_type, image_size)
         weights = merge_adapter(base_weights, adapter, info.spec.scaling)
+    elif hparams.get(TRAINED_ONLY_KEY):  # the trained parts over the frozen base
+        base_weights = _base_weights(ckpt_path, hparams, base, model_type, image_size)
+        weights = merge_adapter(base_weights, weights, scaling=1.0)
     projection = weights.get(f"{TEXT_PROJECTION}weight")
     text_embed_dim = None if projection is None or drop_text else projection.shape[1]
     if drop_text:
@@ -146,7 +151,7 @@ def read_training_checkpoint(
             f"{path} is not a training checkpoint: safetensors files hold plain weights"
         )
     # The project's loader: weights-only unpickling, clear errors, prefix detection.
-    weights = load_state_dict_file(path, prefix=prefix)
+    weights = load_state_dict_file(path, prefix=prefix, trained_only=True)
     # Known safe and readable now; memory-mapped (zip format), so tensors are not read again.
     checkpoint = torch.load(
         path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
@@ -178,7 +183,7 @@ def _adapter_of(
         qkv=str(lora["qkv"]),
         model_type=model_type,
         image_size=image_size,
-        base_sha256=lora.get("base_sha256"),
+        base_sha256=hparams.get("base_sha256"),
         base_path=hparams.get("checkpoint"),
         modules=tuple(modules),
         trained=tuple(sorted(key for key in adapter if ".lora_" not in key)),
@@ -188,14 +193,16 @@ def _adapter_of(
 
 def _base_weights(
     ckpt_path: Path,
-    info: AdapterInfo,
+    hparams: Mapping[str, Any],
     base: str | PathLike[str] | None,
     model_type: str,
     image_size: int,
 ) -> dict[str, Tensor]:
-    """The state dict of a LoRA run's base at ``image_size`` (interpolated from the base's
-    own size if they differ), after checking the base's SHA-256."""
-    base = base if base is not None else info.base_path
+    """The state dict of the base of a run whose checkpoints hold only what it trained, at
+    ``image_size`` (interpolated from the base's own size if they differ), after checking
+    the base's SHA-256."""
+    recorded_path, recorded_sha256 = hparams.get("checkpoint"), hparams.get("base_sha256")
+    base = base if base is not None else recorded_path
     if base is None:
         raise ValueError(
             f"{ckpt_path} adapts random base weights (the run had no model.checkpoint): there "
@@ -206,10 +213,10 @@ def _base_weights(
             f"the base checkpoint of {ckpt_path} is not at {base}: pass it with --base FILE"
         )
     digest = sha256_file(base)
-    if info.base_sha256 is not None and digest != info.base_sha256:
+    if recorded_sha256 is not None and digest != recorded_sha256:
         raise ValueError(
             f"{base} is not the base {ckpt_path} was trained on: its sha256 is "
-            f"{digest[:12]}…, the run's base ({info.base_path}) had {info.base_sha256[:12]}…"
+            f"{digest[:12]}…, the run's base ({recorded_path}) had {recorded_sha256[:12]}…"
         )
     return build_sam(model_type, checkpoint=base, image_size=image_size).state_dict()
 

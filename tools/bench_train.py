@@ -13,7 +13,8 @@ after one warm-up step. The modes are what a fine-tuning run trains: ``full`` ev
 plus the decoder, ``cached`` the decoder from cached embeddings
 (``training.embedding_cache``, filled by an earlier subprocess: the timed steps only read
 it). It prints steps/s, images/s, masks/s, the size of the run's checkpoint (weights it
-holds + AdamW state) and the peak memory: on CPU the growth of the process's peak resident
+holds + AdamW state; every run starts from a saved random base checkpoint, so a frozen base
+stays out of it) and the peak memory: on CPU the growth of the process's peak resident
 set (``ru_maxrss``) from before the first step, i.e. activations, gradients and optimiser
 state; on CUDA ``torch.cuda.max_memory_allocated`` (everything allocated).
 """
@@ -43,6 +44,8 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     from sam_lightning.data.datamodule import SamDataModule
+    from sam_lightning.modeling.build import build_sam
+    from sam_lightning.modeling.checkpoint import save_checkpoint
     from sam_lightning.training.interactive import simulate_interactive
     from sam_lightning.training.module import SamTrainingModule
 
@@ -52,12 +55,19 @@ def measure(args: argparse.Namespace) -> dict:
     extra = dict(MODES[args.mode])
     if args.mode == "cached":
         extra["embedding_cache"] = args.cache_dir
-    module = SamTrainingModule(
-        model_type=args.model,
-        image_size=args.image_size,
-        activation_checkpointing=args.checkpointing,
-        **extra,
-    ).to(device)
+    with tempfile.TemporaryDirectory() as folder:
+        # Fine-tuning starts from a checkpoint (random weights here, the same in every
+        # process): a run with a frozen base then leaves it out of its checkpoints.
+        base = save_checkpoint(
+            build_sam(args.model, image_size=args.image_size), os.path.join(folder, "base.pth")
+        )
+        module = SamTrainingModule(
+            model_type=args.model,
+            checkpoint=str(base),
+            image_size=args.image_size,
+            activation_checkpointing=args.checkpointing,
+            **extra,
+        ).to(device)
     module.train()
     optimizer = module.configure_optimizers()["optimizer"]
     data = SamDataModule(
@@ -113,8 +123,8 @@ def measure(args: argparse.Namespace) -> dict:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before_mb
     if args.mode == "cached" and module.embedding_cache.misses:
         raise RuntimeError(f"{module.embedding_cache.misses} cache misses in the timed steps")
-    # What a Lightning checkpoint of this run holds: the weights (only what trains for
-    # LoRA, see SamTrainingModule.on_save_checkpoint) and the AdamW state.
+    # What a Lightning checkpoint of this run holds: the weights (only what trains when the
+    # base is frozen, see SamTrainingModule.on_save_checkpoint) and the AdamW state.
     checkpoint = {"state_dict": module.state_dict(), "optimizer_states": [optimizer.state_dict()]}
     module.on_save_checkpoint(checkpoint)
     with tempfile.NamedTemporaryFile(suffix=".ckpt") as file:

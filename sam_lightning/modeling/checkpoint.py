@@ -40,12 +40,18 @@ class UnsafeCheckpointError(CheckpointError):
     """The file holds pickled objects other than tensors and plain containers."""
 
 
+#: ``hyper_parameters`` key of a training checkpoint that holds only the parameters its run
+#: trained (:mod:`sam_lightning.training.trained_only`); the rest is its base checkpoint.
+TRAINED_ONLY_KEY = "trained_only"
+
 #: safetensors refuses headers above this size (``MAX_HEADER_SIZE`` of the Rust crate).
 _SAFETENSORS_MAX_HEADER = 100_000_000
 _INTERRUPTED = "an interrupted download or copy?"
 
 
-def load_state_dict_file(path: str | PathLike[str], prefix: str | None = None) -> dict[str, Tensor]:
+def load_state_dict_file(
+    path: str | PathLike[str], prefix: str | None = None, *, trained_only: bool = False
+) -> dict[str, Tensor]:
     """Reads a state dict of SAM weights onto the CPU.
 
     Args:
@@ -54,6 +60,9 @@ def load_state_dict_file(path: str | PathLike[str], prefix: str | None = None) -
         prefix: key prefix of the SAM weights inside a checkpoint's ``"state_dict"``
             (e.g. ``"model."``); by default the prefix in front of the SAM module names,
             which must be unique. Entries outside the prefix are ignored.
+        trained_only: accept a training checkpoint that holds only what its run trained
+            (``hyper_parameters["trained_only"]``); by default it is refused, naming the
+            export that completes it from its base.
 
     Raises:
         FileNotFoundError: no such file.
@@ -87,6 +96,13 @@ def load_state_dict_file(path: str | PathLike[str], prefix: str | None = None) -
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
     if isinstance(obj.get("state_dict"), Mapping):
+        hparams = obj.get("hyper_parameters")
+        if not trained_only and isinstance(hparams, Mapping) and hparams.get(TRAINED_ONLY_KEY):
+            raise CheckpointError(
+                f"{path} holds only the parameters its training run trained; the rest is its "
+                f"base checkpoint {hparams.get('checkpoint')}: write the whole model with "
+                f"`python -m sam_lightning.export {path} model.pth` and use model.pth"
+            )
         obj = _select_prefix(obj["state_dict"], prefix, path)
     not_tensors = [key for key, value in obj.items() if not isinstance(value, Tensor)]
     if not_tensors:

@@ -29,6 +29,8 @@ from sam_lightning.modeling.adapters import (
     read_adapter,
     split_qkv,
 )
+from sam_lightning.training.optim import freeze
+from sam_lightning.training.trained_only import trainable_names
 
 
 def inject_lora(model: nn.Module, spec: LoraSpec, frozen: Iterable[str] = ()) -> list[str]:
@@ -59,12 +61,8 @@ def inject_lora(model: nn.Module, spec: LoraSpec, frozen: Iterable[str] = ()) ->
     for name, parameter in model.named_parameters():
         if ".lora_" in name:
             parameter.requires_grad_(True)
+    freeze(model, ())  # the parameters forward never uses stay off
     return adapted
-
-
-def trainable_names(model: nn.Module) -> list[str]:
-    """The names of the parameters that get gradients."""
-    return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
 
 
 def adapter_tensors(model: nn.Module) -> dict[str, Tensor]:
@@ -127,16 +125,10 @@ def lora_spec(settings: Mapping[str, Any] | None) -> LoraSpec | None:
 
 @dataclass
 class LoraTraining:
-    """The adapters of a training run: what they adapt, the base checkpoint (path and
-    SHA-256 of its bytes, None for random base weights) and the names of the trained
-    parameters, which are all a checkpoint of the run holds (``prefix`` + name)."""
+    """The adapters of a training run: their settings and the modules they adapt."""
 
     spec: LoraSpec
     modules: list[str]
-    base_path: str | None
-    base_sha256: str | None
-    trainable: list[str]
-    prefix: str = "model."
 
     @classmethod
     def setup(
@@ -145,14 +137,13 @@ class LoraTraining:
         spec: LoraSpec,
         *,
         frozen: Iterable[str],
-        base_path: str | None,
         base_sha256: str | None,
         model_type: str,
         image_size: int,
         weights: str | None = None,
     ) -> LoraTraining:
-        """Injects ``spec``'s adapters into ``model`` (base weights loaded from
-        ``base_path``, whose SHA-256 is ``base_sha256``), optionally starting them from the
+        """Injects ``spec``'s adapters into ``model`` (base weights loaded, from a file whose
+        SHA-256 is ``base_sha256``, None for random weights), optionally starting them from the
         adapter file ``weights`` (checked against the base)."""
         if missing := missing_modules("peft"):
             raise ImportError(
@@ -160,7 +151,7 @@ class LoraTraining:
                 f"{install_hint('peft')}"
             )
         modules = inject_lora(model, spec, frozen)
-        run = cls(spec, modules, base_path, base_sha256, trainable_names(model))
+        run = cls(spec, modules)
         if weights is not None:
             tensors, info = read_adapter(weights)
             check_adapter(
@@ -174,47 +165,11 @@ class LoraTraining:
             load_adapter_tensors(model, tensors, str(weights))
         return run
 
-    def trim(self, checkpoint: dict[str, Any]) -> None:
-        """Keeps only the trained parameters in a checkpoint's ``state_dict`` (not a copy of
-        the frozen base, which ``hyper_parameters`` name: ``checkpoint`` and
-        ``lora.base_sha256``)."""
-        keep = {self.prefix + name for name in self.trainable}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
-    def check(self, checkpoint: Mapping[str, Any], source: str = "the checkpoint") -> None:
-        """Raises ValueError when a checkpoint to resume from was trained on another base
-        or holds other trained parameters than this run's."""
-        hparams = checkpoint.get("hyper_parameters") or {}
-        lora = hparams.get("lora")
-        if not isinstance(lora, Mapping):
-            raise ValueError(
-                f"{source} was not written by a LoRA run (no hyper_parameters['lora']): "
-                "resume it without model.lora.rank"
-            )
-        if lora.get("base_sha256") != self.base_sha256:
-            raise ValueError(
-                f"{source} adapts the base checkpoint {hparams.get('checkpoint')} (sha256 "
-                f"{str(lora.get('base_sha256'))[:12]}…), but model.checkpoint is "
-                f"{self.base_path} (sha256 {str(self.base_sha256)[:12]}…): give the base it "
-                "was trained on"
-            )
-        found = set(checkpoint.get("state_dict", {}))
-        expected = {self.prefix + name for name in self.trainable}
-        missing, unexpected = sorted(expected - found), sorted(found - expected)
-        if missing or unexpected:
-            raise ValueError(
-                f"{source} holds other trained parameters than this run (model.lora.*, "
-                f"training.frozen differ?): missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
-
-
-def lora_hparams(
-    spec: LoraSpec, base_sha256: str | None, weights: str | None = None
-) -> dict[str, Any]:
-    """A checkpoint's ``hyper_parameters["lora"]``: ``spec``, the SHA-256 of the base
-    checkpoint's bytes and the adapter file the run started from, as plain values."""
+def lora_hparams(spec: LoraSpec, weights: str | None = None) -> dict[str, Any]:
+    """A checkpoint's ``hyper_parameters["lora"]``: ``spec`` and the adapter file the run
+    started from, as plain values."""
     return {
-        "base_sha256": base_sha256,
         "weights": None if weights is None else str(weights),
         "rank": spec.rank,
         "alpha": spec.alpha,

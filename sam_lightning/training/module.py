@@ -24,6 +24,13 @@ from sam_lightning.training.embedding_cache import (
 from sam_lightning.training.interactive import simulate_interactive
 from sam_lightning.training.lora import LoraTraining, lora_hparams, lora_spec
 from sam_lightning.training.optim import PARTS, build_optimizer, freeze
+from sam_lightning.training.trained_only import (
+    TRAINED_ONLY_KEY,
+    TrainedOnly,
+    keeps_trained_only,
+    refuse_trained_only,
+    trainable_names,
+)
 from sam_lightning.training.validation import (
     corrective_click_ious,
     example_panels,
@@ -47,7 +54,8 @@ class SamTrainingModule(L.LightningModule):
         checkpoint: official ``.pth`` (or safetensors) to start from; None: random init.
         image_size: encoder input side (1024 for the official checkpoints).
         frozen: parts without gradients (``image_encoder``, ``prompt_encoder``,
-            ``mask_decoder``).
+            ``mask_decoder``). Frozen parts of a ``checkpoint`` stay out of the run's
+            checkpoints (:mod:`~sam_lightning.training.trained_only`).
         drop_path_rate: stochastic depth of the encoder's last block (linear over depth; App.
             A uses 0.4).
         activation_checkpointing: recompute encoder blocks in the backward pass (less memory).
@@ -119,9 +127,10 @@ class SamTrainingModule(L.LightningModule):
         super().__init__()
         text_settings = clip_prompts.text_settings(text)
         spec = lora_spec(lora)
-        # The base's identity, recorded for resume and export (the base stays out of
-        # checkpoints of LoRA runs).
-        base_sha256 = sha256_file(checkpoint) if spec is not None and checkpoint else None
+        # Checkpoints of runs with a frozen base hold only what trains; the base's
+        # identity is recorded for resume and export.
+        trained_only = keeps_trained_only(checkpoint, spec is not None, frozen)
+        base_sha256 = sha256_file(checkpoint) if trained_only and checkpoint else None
         # Plain containers only: checkpoints are read back with weights_only=True.
         self.save_hyperparameters(
             {
@@ -147,9 +156,9 @@ class SamTrainingModule(L.LightningModule):
                 "val_images": int(val_images),
                 "seed": int(seed),
                 "text": text_settings,
-                "lora": None
-                if spec is None
-                else lora_hparams(spec, base_sha256, lora.get("weights")),
+                "lora": None if spec is None else lora_hparams(spec, lora.get("weights")),
+                TRAINED_ONLY_KEY: trained_only,
+                "base_sha256": base_sha256,
                 "embedding_cache": None if embedding_cache is None else str(embedding_cache),
                 "embedding_cache_dtype": str(embedding_cache_dtype),
             }
@@ -171,13 +180,15 @@ class SamTrainingModule(L.LightningModule):
                 self.model,
                 spec,
                 frozen=frozen,
-                base_path=checkpoint,
                 base_sha256=base_sha256,
                 model_type=model_type,
                 image_size=int(image_size),
                 weights=lora.get("weights"),
             )
-            # Checkpoints hold only what trains; LoraTraining.check names any mismatch.
+        self.trained_only: TrainedOnly | None = None
+        if trained_only:
+            self.trained_only = TrainedOnly(checkpoint, base_sha256, trainable_names(self.model))
+            # The base comes from model.checkpoint; TrainedOnly.check names any mismatch.
             self.strict_loading = False
         self._cache: EmbeddingCache | None = None
         if embedding_cache is not None:
@@ -246,8 +257,8 @@ class SamTrainingModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[POSITION_KEY] = self.batches_seen
-        if self.lora is not None:
-            self.lora.trim(checkpoint)
+        if self.trained_only is not None:
+            self.trained_only.trim(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if POSITION_KEY not in checkpoint:
@@ -255,13 +266,21 @@ class SamTrainingModule(L.LightningModule):
                 f"checkpoint has no {POSITION_KEY!r}: it was not written by SamTrainingModule"
             )
         self.batches_seen = int(checkpoint[POSITION_KEY])
-        if self.lora is not None:
-            self.lora.check(checkpoint)
-        elif (checkpoint.get("hyper_parameters") or {}).get("lora"):
+        recorded_lora = (checkpoint.get("hyper_parameters") or {}).get("lora")
+        if self.lora is None and recorded_lora:
             raise ValueError(
                 "the checkpoint holds LoRA adapters (model.lora): resume with the run's "
                 "model.lora settings"
             )
+        if self.lora is not None and not recorded_lora:
+            raise ValueError(
+                "the checkpoint was not written by a LoRA run (no hyper_parameters['lora']): "
+                "resume it without model.lora.rank"
+            )
+        if self.trained_only is None:
+            refuse_trained_only(checkpoint)
+        else:
+            self.trained_only.check(checkpoint)
 
     def train(self, mode: bool = True) -> SamTrainingModule:
         """Training mode, except for the parts that get no gradients at all: a frozen part

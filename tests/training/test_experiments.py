@@ -19,6 +19,7 @@ from PIL import Image
 
 from sam_lightning.data.synthetic import SyntheticShapes, write_sa1b
 from sam_lightning.entry_points import config_dir, register_resolvers, unset_settings
+from sam_lightning.export import export_checkpoint
 from sam_lightning.modeling.build import build_sam
 from sam_lightning.modeling.checkpoint import save_checkpoint
 from sam_lightning.settings.schema import defaults
@@ -185,15 +186,20 @@ def test_experiment_trains_a_few_steps(name, assets, tmp_path):
     if config["training"].get("embedding_cache"):
         # 2 steps of 2 training images, 1 validation batch of 2 images: each embedded once
         assert len(list((tmp_path / "embeddings").rglob("*.safetensors"))) == 6
+    frozen_encoder = "image_encoder" in config["training"]["frozen"]
+    # A frozen base stays out of the checkpoint; the export puts it back.
+    assert any(key.startswith("model.image_encoder.") for key in trained) != frozen_encoder
+    exported = export_checkpoint(tmp_path / "checkpoints" / "last.ckpt", tmp_path / "model.pth")
+    whole = torch.load(exported, weights_only=True)
     # Started from the checkpoint: a buffer that never trains still holds its values.
     name_pe = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
-    assert torch.equal(trained[f"model.{name_pe}"], official[name_pe])
+    assert torch.equal(whole[name_pe], official[name_pe])
     encoder_unchanged = all(
-        torch.equal(trained[f"model.{key}"], value)
+        torch.equal(whole[key], value)
         for key, value in official.items()
         if key.startswith("image_encoder.")
     )
-    assert encoder_unchanged == ("image_encoder" in config["training"]["frozen"])
+    assert encoder_unchanged == frozen_encoder
 
 
 def test_fsdp_trainer_builds_an_fsdp_strategy():

@@ -13,6 +13,7 @@ from test_train_entry import assert_same_weights, config, final_weights, logged_
 from sam_lightning.entry_points import build_model
 from sam_lightning.export import export_checkpoint
 from sam_lightning.export import main as export_main
+from sam_lightning.file_io import sha256_file
 from sam_lightning.modeling.adapters import (
     LoraSpec,
     adapted_modules,
@@ -23,9 +24,10 @@ from sam_lightning.modeling.adapters import (
 from sam_lightning.modeling.build import build_sam
 from sam_lightning.modeling.checkpoint import save_checkpoint
 from sam_lightning.train import train
-from sam_lightning.training.lora import adapter_tensors, inject_lora, trainable_names
+from sam_lightning.training.lora import adapter_tensors, inject_lora
 from sam_lightning.training.module import SamTrainingModule
 from sam_lightning.training.optim import parameter_groups
+from sam_lightning.training.trained_only import trainable_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: bitwise comparisons
 
@@ -156,9 +158,10 @@ def test_checkpoints_hold_what_trains_and_name_their_base(straight_lora_run, bas
     trained = {f"model.{n}" for n in trainable_names(module.model)}
     assert set(state["state_dict"]) == trained
     assert not any(".base_layer." in key for key in state["state_dict"])
-    lora = state["hyper_parameters"]["lora"]
-    assert lora["rank"] == 4 and lora["base_sha256"] == module.lora.base_sha256
-    assert state["hyper_parameters"]["checkpoint"] == str(base_file)
+    hparams = state["hyper_parameters"]
+    assert hparams["lora"]["rank"] == 4 and hparams["trained_only"]
+    assert hparams["base_sha256"] == sha256_file(base_file) == module.trained_only.base_sha256
+    assert hparams["checkpoint"] == str(base_file)
 
 
 @pytest.mark.parametrize("stop", [1, 3])
@@ -178,7 +181,7 @@ def test_resume_on_another_base_is_refused(tmp_path, straight_lora_run):
     (run / "checkpoints" / "last.ckpt").write_bytes(
         (straight_lora_run / "checkpoints" / "last.ckpt").read_bytes()
     )
-    with pytest.raises(ValueError, match="adapts the base checkpoint .*give the base"):
+    with pytest.raises(ValueError, match="trained on the base checkpoint .*give the base"):
         train(config("trainer.max_steps=5", f"model.checkpoint={other}", "resume=true", *LORA), run)
 
 

@@ -40,7 +40,7 @@ def test_merged_vit_b_export_loads_into_the_official_builder(tmp_path):
         "state_dict": module.state_dict(),
         "hyper_parameters": dict(module.hparams),
     }
-    module.lora.trim(checkpoint)
+    module.trained_only.trim(checkpoint)
     ckpt = tmp_path / "lora.ckpt"
     torch.save(checkpoint, ckpt)
     merged = export_checkpoint(ckpt, tmp_path / "merged.pth")
