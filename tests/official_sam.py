@@ -22,20 +22,31 @@ _SUBMODULES = (
 )
 
 
-def import_official() -> ModuleType:
-    """Returns the official ``segment_anything`` package, importing it on first use."""
-    if "segment_anything" in sys.modules:
-        return sys.modules["segment_anything"]
-    had_torchvision = "torchvision" in sys.modules
+def import_with_shims(
+    package: str, submodules: tuple[str, ...], shimmed: tuple[str, ...]
+) -> ModuleType:
+    """Imports ``submodules`` of a reference ``package`` with the stand-ins for the
+    ``shimmed`` top-level packages on ``sys.path``, then forgets the stand-ins again (those
+    that were not imported before), so no other test sees them."""
+    if package in sys.modules:
+        return sys.modules[package]
+    had = {top for top in shimmed if top in sys.modules}
+
+    def is_shim(name: str) -> bool:
+        top = name.split(".")[0]
+        return top in shimmed and top not in had
+
     sys.path.insert(0, _SHIMS)
     try:
-        for name in _SUBMODULES:
+        for name in submodules:
             importlib.import_module(name)
     finally:
         sys.path.remove(_SHIMS)
-        if not had_torchvision:
-            for name in [
-                m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")
-            ]:
-                del sys.modules[name]
-    return sys.modules["segment_anything"]
+        for name in [m for m in sys.modules if is_shim(m)]:
+            del sys.modules[name]
+    return sys.modules[package]
+
+
+def import_official() -> ModuleType:
+    """Returns the official ``segment_anything`` package, importing it on first use."""
+    return import_with_shims("segment_anything", _SUBMODULES, ("torchvision",))

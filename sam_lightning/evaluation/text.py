@@ -45,12 +45,19 @@ def text_predictor(get_model: Callable[[], Sam], clip_path: str, device: str) ->
     """A :class:`~sam_lightning.inference.predictor.SamPredictor` of ``get_model()`` with
     the CLIP text encoder of ``clip_path`` (loaded first: a bad path fails before a large
     model is built) on ``device``. Raises ValueError if the model's text projection does not
-    take that encoder's embeddings."""
+    take that encoder's embeddings, or was not in its checkpoint (freshly initialised)."""
     from sam_lightning.inference.predictor import SamPredictor
+    from sam_lightning.modeling.build import TEXT_PROJECTION
     from sam_lightning.modeling.text_encoder import ClipEncoder
 
     clip = ClipEncoder.from_pretrained(clip_path).to(device)
     model = get_model()
+    if any(key.startswith(TEXT_PROJECTION) for key in model.missing_from_checkpoint):
+        raise ValueError(
+            f"the checkpoint has no text projection ({TEXT_PROJECTION}*): the text tasks need "
+            "a model trained with text prompts (training.text); the official and MobileSAM "
+            "(vit_t) checkpoints have none"
+        )
     width = model.prompt_encoder.text_embed_dim
     if width != clip.embed_dim:
         have = "no text prompt" if width is None else f"a text projection of width {width}"

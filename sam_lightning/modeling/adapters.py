@@ -31,6 +31,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from sam_lightning.modeling.checkpoint import CheckpointError, load_state_dict_file, save_checkpoint
+from sam_lightning.modeling.image_encoder import Attention as VitAttention
 
 #: Names usable in ``targets`` for the usual module families (regexes otherwise).
 TARGET_ALIASES: dict[str, str] = {
@@ -206,10 +207,15 @@ def adapted_modules(model: nn.Module, spec: LoraSpec) -> list[str]:
     return names
 
 
-def is_fused_qkv(name: str, module: nn.Module) -> bool:
-    """Whether ``module`` is a ViT block's fused q/k/v projection."""
+def is_fused_qkv(model: nn.Module, name: str) -> bool:
+    """Whether the module ``name`` of ``model`` is a ViT block's fused q/k/v projection,
+    whose output rows are all queries, then all keys, then all values. (TinyViT's ``qkv``
+    interleaves them per head: it is adapted as one layer.)"""
+    module = model.get_submodule(name)
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
     return (
         name.endswith(".attn.qkv")
+        and isinstance(parent, VitAttention)
         and isinstance(module, nn.Linear)
         and module.out_features % 3 == 0
     )
@@ -232,7 +238,7 @@ def lora_module_names(model: nn.Module, spec: LoraSpec) -> tuple[list[str], list
     ``model`` (unsplit)."""
     to_split, adapted = [], []
     for name in adapted_modules(model, spec):
-        if spec.qkv == "qv" and is_fused_qkv(name, model.get_submodule(name)):
+        if spec.qkv == "qv" and is_fused_qkv(model, name):
             to_split.append(name)
             adapted += [f"{name}.q", f"{name}.v"]
         else:

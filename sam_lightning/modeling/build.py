@@ -1,5 +1,7 @@
-"""Constructors of SAM models: the official ViT-B/L/H configurations, a tiny one for tests
-and demos, and arbitrary custom sizes."""
+"""Constructors of SAM models: the official ViT-B/L/H configurations, MobileSAM's TinyViT
+(``vit_t``), tiny ones for tests and demos, and arbitrary custom sizes. The image encoder
+is a choice: :func:`assemble_sam` puts the official prompt encoder and mask decoder around
+any encoder."""
 
 from __future__ import annotations
 
@@ -16,10 +18,13 @@ from sam_lightning.modeling.image_size import adapt_to_model
 from sam_lightning.modeling.mask_decoder import MaskDecoder
 from sam_lightning.modeling.prompt_encoder import PromptEncoder
 from sam_lightning.modeling.sam import Sam
+from sam_lightning.modeling.tiny_vit import TinyViT
 from sam_lightning.modeling.transformer import TwoWayTransformer
 
 PROMPT_EMBED_DIM = 256
 PATCH_SIZE = 16
+#: The only input side of MobileSAM's TinyViT (``vit_t``).
+TINY_VIT_IMAGE_SIZE = 1024
 #: Key prefix of the text prompt's projection (absent from the official checkpoints).
 TEXT_PROJECTION = "prompt_encoder.text_projection."
 
@@ -71,27 +76,53 @@ def build_sam_custom(
     """
     if image_size % patch_size:
         raise ValueError(f"image_size must be a multiple of {patch_size}, got {image_size}")
-    grid = image_size // patch_size
+    image_encoder = ImageEncoderViT(
+        img_size=image_size,
+        patch_size=patch_size,
+        embed_dim=encoder_embed_dim,
+        depth=encoder_depth,
+        num_heads=encoder_num_heads,
+        mlp_ratio=4.0,
+        out_chans=prompt_embed_dim,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=window_size,
+        global_attn_indexes=tuple(encoder_global_attn_indexes),
+        drop_path_rate=drop_path_rate,
+        activation_checkpointing=activation_checkpointing,
+    )
+    return assemble_sam(
+        image_encoder,
+        image_size // patch_size,
+        checkpoint,
+        prompt_embed_dim=prompt_embed_dim,
+        decoder_mlp_dim=decoder_mlp_dim,
+        decoder_num_heads=decoder_num_heads,
+        text_embed_dim=text_embed_dim,
+    )
+
+
+def assemble_sam(
+    image_encoder: nn.Module,
+    embedding_size: int,
+    checkpoint: str | PathLike[str] | None = None,
+    *,
+    prompt_embed_dim: int = PROMPT_EMBED_DIM,
+    decoder_mlp_dim: int = 2048,
+    decoder_num_heads: int = 8,
+    text_embed_dim: int | None = None,
+) -> Sam:
+    """SAM around any image encoder (``B×3×S×S`` -> ``B×prompt_embed_dim×G×G`` with
+    ``G = embedding_size``, and an ``img_size`` attribute ``S``): the official prompt
+    encoder and mask decoder (sizes as in :func:`build_sam_custom`), in eval mode,
+    optionally loading ``checkpoint`` strictly."""
+    image_size = int(image_encoder.img_size)
     sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=image_size,
-            patch_size=patch_size,
-            embed_dim=encoder_embed_dim,
-            depth=encoder_depth,
-            num_heads=encoder_num_heads,
-            mlp_ratio=4.0,
-            out_chans=prompt_embed_dim,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=window_size,
-            global_attn_indexes=tuple(encoder_global_attn_indexes),
-            drop_path_rate=drop_path_rate,
-            activation_checkpointing=activation_checkpointing,
-        ),
+        image_encoder=image_encoder,
         prompt_encoder=PromptEncoder(
             embed_dim=prompt_embed_dim,
-            image_embedding_size=(grid, grid),
+            image_embedding_size=(embedding_size, embedding_size),
             input_image_size=(image_size, image_size),
             mask_in_chans=16,
             text_embed_dim=text_embed_dim,
@@ -114,13 +145,46 @@ def build_sam_custom(
         result = load_checkpoint(
             sam, checkpoint, strict=True, may_be_missing=[TEXT_PROJECTION], adapt=adapt_to_model
         )
+        sam.missing_from_checkpoint = tuple(result.missing_keys)
         if any(key.startswith(TEXT_PROJECTION) for key in result.missing_keys):
             warnings.warn(
                 f"{checkpoint} has no text projection ({TEXT_PROJECTION}*): it is freshly "
                 "initialised, so text prompts mean nothing until trained (training.text)",
-                stacklevel=2,
+                stacklevel=3,
             )
+        sam.eval()  # again: an encoder may cache tables derived from its weights in eval()
     return sam
+
+
+def build_sam_vit_t(
+    checkpoint: str | PathLike[str] | None = None,
+    image_size: int = 1024,
+    *,
+    drop_path_rate: float = 0.0,
+    activation_checkpointing: bool = False,
+    text_embed_dim: int | None = None,
+) -> Sam:
+    """MobileSAM (``vit_t``): the TinyViT-5M image encoder with the official prompt
+    encoder and mask decoder; ``mobile_sam.pt`` loads strictly. TinyViT as released works
+    at ``image_size`` 1024 only (ValueError otherwise)."""
+    if image_size != TINY_VIT_IMAGE_SIZE:
+        raise ValueError(
+            f"model type 'vit_t' (MobileSAM's TinyViT) works at image_size "
+            f"{TINY_VIT_IMAGE_SIZE} only, got {image_size}: its forward reshapes to a 64×64 "
+            "grid and its patch merging strides depend on the widths; use model.image_size="
+            f"{TINY_VIT_IMAGE_SIZE}"
+        )
+    image_encoder = TinyViT(
+        img_size=image_size,
+        drop_path_rate=drop_path_rate,
+        activation_checkpointing=activation_checkpointing,
+    )
+    return assemble_sam(
+        image_encoder,
+        image_size // PATCH_SIZE,
+        checkpoint,
+        text_embed_dim=text_embed_dim,
+    )
 
 
 def _registry_entry(
@@ -160,6 +224,7 @@ def _registry_entry(
 #: Model constructors by name, called as ``sam_model_registry[name](checkpoint=None,
 #: image_size=1024, *, drop_path_rate=0.0, activation_checkpointing=False,
 #: text_embed_dim=None)``.
+#: ``vit_t`` is MobileSAM's TinyViT encoder (:func:`build_sam_vit_t`).
 #: ``vit_tiny`` and ``vit_nano`` are not official models (no official weights exist):
 #: ``vit_tiny`` is a small encoder with the official decoder, for CPU tests against the
 #: official modules; ``vit_nano`` has the same encoder on 8-pixel patches and a decoder half
@@ -171,6 +236,7 @@ sam_model_registry: dict[str, Callable[..., Sam]] = {
     "vit_b": _registry_entry(768, 12, 12, (2, 5, 8, 11)),
     "vit_l": _registry_entry(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": _registry_entry(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_t": build_sam_vit_t,
     "vit_tiny": _registry_entry(128, 4, 4, (1, 3)),
     "vit_nano": _registry_entry(
         128,
@@ -194,7 +260,7 @@ def build_sam(
     activation_checkpointing: bool = False,
     text_embed_dim: int | None = None,
 ) -> Sam:
-    """Builds a registered model (``vit_b``, ``vit_l``, ``vit_h``, ``vit_tiny``,
+    """Builds a registered model (``vit_b``, ``vit_l``, ``vit_h``, ``vit_t``, ``vit_tiny``,
     ``vit_nano``) in eval mode, optionally loading ``checkpoint`` (official ``.pth``, our
     training checkpoints, ``.safetensors``) strictly. ``image_size`` is any multiple of the
     patch size; weights made for another size (the official ones: 1024) are interpolated,

@@ -98,6 +98,18 @@ class ImageEncoderViT(nn.Module):
             LayerNorm2d(out_chans),
         )
 
+    def layer_decay_exponent(self, name: str) -> int:
+        """Layer-wise learning-rate decay (MAE/ViTDet): the parameter ``name`` (relative to
+        the encoder) trains at ``lr * decay ** exponent``: ``depth + 1`` for the patch and
+        position embeddings, ``depth - i`` for block ``i``, 0 for the neck."""
+        depth = len(self.blocks)
+        if name.startswith(("patch_embed.", "pos_embed")):
+            return depth + 1
+        head, _, rest = name.partition(".")
+        if head == "blocks":
+            return depth - int(rest.split(".", 1)[0])
+        return 0
+
     def forward(self, images_b3hw: Tensor) -> Tensor:
         """``B×3×img_size×img_size`` normalised, padded images -> ``B×out_chans×h×w``."""
         x_bhwc = self.patch_embed(images_b3hw)

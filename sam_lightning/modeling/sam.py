@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sam_lightning.modeling.image_encoder import ImageEncoderViT
 from sam_lightning.modeling.mask_decoder import MaskDecoder
 from sam_lightning.modeling.prompt_encoder import PromptEncoder
 
@@ -25,7 +24,11 @@ class Sam(nn.Module):
     longest side equals ``img_size``; prompts are pixel coordinates of that frame.
 
     Args:
-        image_encoder: backbone, ``B×3×S×S`` -> ``B×C×h×w``.
+        image_encoder: backbone, ``B×3×S×S`` -> ``B×C×h×w``, with attributes ``img_size``
+            (``S``) and ``activation_checkpointing``, and a ``layer_decay_exponent(name)``
+            for training (:class:`~sam_lightning.modeling.image_encoder.ImageEncoderViT`,
+            :class:`~sam_lightning.modeling.tiny_vit.TinyViT`), and optionally an
+            ``unused_parameters()`` dict of the parameters its forward never uses.
         prompt_encoder: embeds points, boxes and masks.
         mask_decoder: predicts masks from image and prompt embeddings.
         pixel_mean, pixel_std: per-channel normalisation of the 0–255 input.
@@ -33,10 +36,13 @@ class Sam(nn.Module):
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    #: Weights the loaded checkpoint did not hold (freshly initialised: e.g. the text
+    #: projection of an official checkpoint loaded into a model with a text prompt).
+    missing_from_checkpoint: tuple[str, ...] = ()
 
     def __init__(
         self,
-        image_encoder: ImageEncoderViT,
+        image_encoder: nn.Module,
         prompt_encoder: PromptEncoder,
         mask_decoder: MaskDecoder,
         pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
@@ -52,6 +58,12 @@ class Sam(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """Parameters that forward never uses (e.g. the ImageNet classifier kept in
+        MobileSAM's checkpoint): training keeps them out of the optimiser and DDP."""
+        unused = getattr(self.image_encoder, "unused_parameters", None)
+        return [] if unused is None else list(unused().values())
 
     @property
     def img_size(self) -> int:

@@ -3,7 +3,6 @@ layer-wise learning-rate decay for the ViT, and linear warm-up followed by step 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -12,55 +11,60 @@ from torch import nn
 from sam_lightning.modeling.sam import Sam
 
 PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
-_BLOCK = re.compile(r"^image_encoder\.blocks\.(\d+)\.")
 
 
 def freeze(model: Sam, parts: Iterable[str]) -> None:
     """Turns off gradients of the named parts (``image_encoder``, ``prompt_encoder``,
-    ``mask_decoder``), e.g. to fine-tune the decoder on a frozen encoder."""
+    ``mask_decoder``), e.g. to fine-tune the decoder on a frozen encoder, and of the
+    parameters forward never uses (:meth:`Sam.unused_parameters`: no gradient ever reaches
+    them, which DDP would report as an error)."""
     for part in parts:
         if part not in PARTS:
             raise ValueError(f"cannot freeze {part!r}: the parts are {', '.join(PARTS)}")
         getattr(model, part).requires_grad_(False)
+    for parameter in model.unused_parameters():
+        parameter.requires_grad_(False)
 
 
-def encoder_layer_id(name: str, num_blocks: int) -> int:
-    """Depth of a parameter for layer-wise decay: 0 for the patch and position embeddings,
-    ``i + 1`` for encoder block ``i``, ``num_blocks + 1`` for everything after the blocks
-    (the neck, the prompt encoder and the mask decoder, which get the full rate)."""
-    if name.startswith(("image_encoder.patch_embed.", "image_encoder.pos_embed")):
+def layer_decay_exponent(model: Sam, name: str) -> int:
+    """Exponent of the layer-wise decay of parameter ``name``: the image encoder's (its
+    ``layer_decay_exponent``: e.g. ``L + 1 - (i + 1)`` for ViT block ``i`` of ``L``), 0 for
+    the prompt encoder and the mask decoder, which get the full rate."""
+    encoder_name = name.removeprefix("image_encoder.")
+    if encoder_name == name:
         return 0
-    match = _BLOCK.match(name)
-    return int(match.group(1)) + 1 if match else num_blocks + 1
+    return int(model.image_encoder.layer_decay_exponent(encoder_name))
 
 
 def _no_weight_decay(name: str, parameter: nn.Parameter) -> bool:
     """Biases, norm scales and embeddings (1-D tensors) and position tables are not decayed,
-    as in MAE/ViTDet fine-tuning."""
-    return parameter.ndim <= 1 or name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w"))
+    as in MAE/ViTDet fine-tuning, nor TinyViT's attention biases (as in TinyViT's training)."""
+    return parameter.ndim <= 1 or name.endswith(
+        ("pos_embed", "rel_pos_h", "rel_pos_w", "attention_biases")
+    )
 
 
 def parameter_groups(
     model: Sam, lr: float, weight_decay: float, layer_decay: float = 1.0
 ) -> list[dict]:
-    """AdamW parameter groups of the trainable parameters: encoder block ``i`` of ``L``
-    gets ``lr * layer_decay ** (L + 1 - (i + 1))``, the embeddings ``lr * layer_decay **
-    (L + 1)``, the rest ``lr``; 1-D parameters and position tables have no weight decay."""
+    """AdamW parameter groups of the trainable parameters: ``lr * layer_decay ** e`` with
+    the exponent ``e`` of :func:`layer_decay_exponent` (ViT block ``i`` of ``L``:
+    ``L + 1 - (i + 1)``, the embeddings ``L + 1``, the neck, prompt encoder and decoder 0);
+    1-D parameters and position tables have no weight decay."""
     if not 0 < layer_decay <= 1:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
-    num_blocks = len(model.image_encoder.blocks)
     groups: dict[tuple[int, bool], dict] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        layer = encoder_layer_id(name, num_blocks)
+        exponent = layer_decay_exponent(model, name)
         decay = not _no_weight_decay(name, parameter)
         group = groups.setdefault(
-            (layer, decay),
+            (-exponent, decay),
             {
                 "params": [],
                 "names": [],
-                "lr": lr * layer_decay ** (num_blocks + 1 - layer),
+                "lr": lr * layer_decay**exponent,
                 "weight_decay": weight_decay if decay else 0.0,
             },
         )

@@ -8,8 +8,8 @@ import torch
 from sam_lightning.modeling.build import build_sam
 from sam_lightning.training.optim import (
     build_optimizer,
-    encoder_layer_id,
     freeze,
+    layer_decay_exponent,
     parameter_groups,
     warmup_step_decay,
 )
@@ -52,10 +52,13 @@ def test_weight_decay_skips_biases_norms_and_position_tables(model):
     assert decay["image_encoder.blocks.0.attn.rel_pos_h"] == 0.0
 
 
-def test_layer_ids():
-    assert encoder_layer_id("image_encoder.blocks.11.mlp.lin1.weight", 12) == 12
-    assert encoder_layer_id("image_encoder.pos_embed", 12) == 0
-    assert encoder_layer_id("mask_decoder.output_upscaling.0.weight", 12) == 13
+def test_layer_decay_exponents():
+    vit_b = build_sam("vit_b", image_size=128)
+    assert layer_decay_exponent(vit_b, "image_encoder.blocks.11.mlp.lin1.weight") == 1
+    assert layer_decay_exponent(vit_b, "image_encoder.blocks.0.attn.qkv.weight") == 12
+    assert layer_decay_exponent(vit_b, "image_encoder.pos_embed") == 13
+    assert layer_decay_exponent(vit_b, "image_encoder.neck.2.weight") == 0
+    assert layer_decay_exponent(vit_b, "mask_decoder.output_upscaling.0.weight") == 0
 
 
 def test_freezing_removes_parts_from_the_optimiser():
