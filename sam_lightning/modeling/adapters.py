@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from sam_lightning.modeling.checkpoint import CheckpointError, load_state_dict_file, save_checkpoint
 from sam_lightning.modeling.image_encoder import Attention as VitAttention
+from sam_lightning.modeling.sam import PARTS
 
 #: Names usable in ``targets`` for the usual module families (regexes otherwise).
 TARGET_ALIASES: dict[str, str] = {
@@ -44,8 +45,6 @@ TARGET_ALIASES: dict[str, str] = {
 }
 DEFAULT_TARGETS = ("encoder_attn",)
 QKV_MODES = ("qv", "qkv")
-#: The parts of SAM; a part holding an adapted module has its base weights frozen.
-PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 ADAPTER_FORMAT = "sam_lightning.lora/1"
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])\.weight$")
 

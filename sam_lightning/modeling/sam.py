@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from sam_lightning.modeling.mask_decoder import MaskDecoder
 from sam_lightning.modeling.prompt_encoder import PromptEncoder
 
+#: The three parts of SAM, the names of its submodules.
+PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 _PROMPT_KEYS = ("point_coords", "point_labels", "boxes", "mask_inputs", "text_embeddings")
 
 

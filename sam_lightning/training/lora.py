@@ -30,7 +30,7 @@ from sam_lightning.modeling.adapters import (
     split_qkv,
 )
 from sam_lightning.training.optim import freeze
-from sam_lightning.training.trained_only import trainable_names
+from sam_lightning.training.trained_only import trained_state_names
 
 
 def inject_lora(model: nn.Module, spec: LoraSpec, frozen: Iterable[str] = ()) -> list[str]:
@@ -67,22 +67,25 @@ def inject_lora(model: nn.Module, spec: LoraSpec, frozen: Iterable[str] = ()) ->
 
 def adapter_tensors(model: nn.Module) -> dict[str, Tensor]:
     """What an adapter file holds for an injected ``model``: the adapters and the other
-    trained parameters, under the names of :mod:`sam_lightning.modeling.adapters`."""
+    trained parameters (with the buffers of the parts that train, see
+    :func:`trained_state_names`), under the names of :mod:`sam_lightning.modeling.adapters`."""
     state = model.state_dict()
-    return {k: v.detach() for k, v in peft_to_adapter(state, trainable_names(model)).items()}
+    names = trained_state_names(model, PARTS)
+    return {k: v.detach() for k, v in peft_to_adapter(state, names).items()}
 
 
 def load_adapter_tensors(model: nn.Module, adapter: Mapping[str, Tensor], source: str) -> None:
     """Copies adapter tensors (names of :mod:`sam_lightning.modeling.adapters`) into the
-    matching trainable parameters of an injected ``model``.
+    matching trainable parameters (and buffers of the parts that train) of an injected
+    ``model``.
 
     Raises:
         ValueError: tensors the model has no trainable parameter for, trainable parameters
             the adapter lacks, or shapes that differ (named).
     """
-    names = trainable_names(model)
+    names = trained_state_names(model, PARTS)
     by_adapter_name = dict(zip(peft_to_adapter(dict.fromkeys(names), names), names))
-    parameters = dict(model.named_parameters())
+    parameters = model.state_dict(keep_vars=True)
     missing = [n for n in by_adapter_name if n not in adapter]
     unexpected = [n for n in adapter if n not in by_adapter_name]
     misshapen = [

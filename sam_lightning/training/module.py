@@ -29,7 +29,7 @@ from sam_lightning.training.trained_only import (
     TrainedOnly,
     keeps_trained_only,
     refuse_trained_only,
-    trainable_names,
+    trained_state_names,
 )
 from sam_lightning.training.validation import (
     corrective_click_ious,
@@ -187,7 +187,9 @@ class SamTrainingModule(L.LightningModule):
             )
         self.trained_only: TrainedOnly | None = None
         if trained_only:
-            self.trained_only = TrainedOnly(checkpoint, base_sha256, trainable_names(self.model))
+            self.trained_only = TrainedOnly(
+                checkpoint, base_sha256, trained_state_names(self.model, PARTS)
+            )
             # The base comes from model.checkpoint; TrainedOnly.check names any mismatch.
             self.strict_loading = False
         self._cache: EmbeddingCache | None = None

@@ -8,9 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from sam_lightning.modeling.sam import Sam
-
-PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+from sam_lightning.modeling.sam import PARTS, Sam
 
 
 def freeze(model: Sam, parts: Iterable[str]) -> None:

@@ -24,12 +24,29 @@ __all__ = [
     "keeps_trained_only",
     "refuse_trained_only",
     "trainable_names",
+    "trained_state_names",
 ]
 
 
 def trainable_names(model: nn.Module) -> list[str]:
     """The names of the parameters that get gradients."""
     return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+
+
+def trained_state_names(model: nn.Module, parts: Iterable[str]) -> list[str]:
+    """The state-dict entries a run changes: its trainable parameters and the buffers of
+    every part in ``parts`` (e.g. ``image_encoder``) that has one (a part that trains runs
+    in train mode, so its BatchNorm statistics move even where a LoRA base is frozen)."""
+    parameters = {name for name, _ in model.named_parameters()}
+    training = tuple(
+        f"{part}."
+        for part in parts
+        if any(p.requires_grad for p in getattr(model, part).parameters())
+    )
+    buffers = [
+        name for name in model.state_dict() if name not in parameters and name.startswith(training)
+    ]
+    return trainable_names(model) + buffers
 
 
 def keeps_trained_only(base_path: str | None, lora: bool, frozen: Iterable[str]) -> bool:
@@ -41,14 +58,21 @@ def keeps_trained_only(base_path: str | None, lora: bool, frozen: Iterable[str])
 
 @dataclass
 class TrainedOnly:
-    """What a run's checkpoints hold: the ``trainable`` parameters (``prefix`` + name) of
-    a model whose other weights come from the base at ``base_path`` (SHA-256
-    ``base_sha256``; both None for random base weights)."""
+    """What a run's checkpoints hold: the ``trainable`` state-dict entries (``prefix`` +
+    name, see :func:`trained_state_names`) of a model whose other weights come from the base
+    at ``base_path`` (SHA-256 ``base_sha256``; both None for random base weights).
+    ``base_setting`` names the setting that gives the base, and the ``hyper_parameters``
+    entry that records its path."""
 
     base_path: str | None
     base_sha256: str | None
     trainable: list[str]
     prefix: str = "model."
+    base_setting: str = "model.checkpoint"
+
+    @property
+    def _recorded_path_key(self) -> str:
+        return self.base_setting.rpartition(".")[2]
 
     def trim(self, checkpoint: dict[str, Any]) -> None:
         """Keeps only the trained parameters in a checkpoint's ``state_dict``."""
@@ -69,8 +93,9 @@ class TrainedOnly:
             return
         if hparams.get("base_sha256") != self.base_sha256:
             raise ValueError(
-                f"{source} was trained on the base checkpoint {hparams.get('checkpoint')} "
-                f"(sha256 {str(hparams.get('base_sha256'))[:12]}…), but model.checkpoint is "
+                f"{source} was trained on the base checkpoint "
+                f"{hparams.get(self._recorded_path_key)} (sha256 "
+                f"{str(hparams.get('base_sha256'))[:12]}…), but {self.base_setting} is "
                 f"{self.base_path} (sha256 {str(self.base_sha256)[:12]}…): give the base it "
                 "was trained on"
             )

@@ -26,8 +26,8 @@ from sam_lightning.modeling.checkpoint import save_checkpoint
 from sam_lightning.train import train
 from sam_lightning.training.lora import adapter_tensors, inject_lora
 from sam_lightning.training.module import SamTrainingModule
-from sam_lightning.training.optim import parameter_groups
-from sam_lightning.training.trained_only import trainable_names
+from sam_lightning.training.optim import PARTS, parameter_groups
+from sam_lightning.training.trained_only import trainable_names, trained_state_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: bitwise comparisons
 
@@ -155,8 +155,9 @@ def test_checkpoints_hold_what_trains_and_name_their_base(straight_lora_run, bas
     module = SamTrainingModule(
         model_type="vit_nano", checkpoint=str(base_file), image_size=64, lora={"rank": 4}
     )
-    trained = {f"model.{n}" for n in trainable_names(module.model)}
+    trained = {f"model.{n}" for n in trained_state_names(module.model, PARTS)}
     assert set(state["state_dict"]) == trained
+    assert trained > {f"model.{n}" for n in trainable_names(module.model)}
     assert not any(".base_layer." in key for key in state["state_dict"])
     hparams = state["hyper_parameters"]
     assert hparams["lora"]["rank"] == 4 and hparams["trained_only"]

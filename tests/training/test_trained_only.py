@@ -18,6 +18,8 @@ from sam_lightning.modeling.build import build_sam
 from sam_lightning.modeling.checkpoint import CheckpointError, save_checkpoint
 from sam_lightning.train import train
 from sam_lightning.training.module import SamTrainingModule
+from sam_lightning.training.optim import PARTS, freeze
+from sam_lightning.training.trained_only import trained_state_names
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "modeling"))
 from sam_test_models import randomize_  # noqa: E402
@@ -54,7 +56,8 @@ def test_checkpoint_holds_the_trained_parts_and_names_the_base(straight_run, bas
         model_type="vit_nano", checkpoint=str(base_file), image_size=64, frozen=["image_encoder"]
     )
     trained = {f"model.{name}" for name, p in module.model.named_parameters() if p.requires_grad}
-    assert set(state["state_dict"]) == trained
+    buffers = {"model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"}
+    assert set(state["state_dict"]) == trained | buffers  # the trained parts' buffers too
     assert any(key.startswith("model.mask_decoder.") for key in trained)
     assert not any(key.startswith("model.image_encoder.") for key in state["state_dict"])
     hparams = state["hyper_parameters"]
@@ -123,3 +126,17 @@ def test_a_frozen_random_model_keeps_the_whole_model(tmp_path):
     checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
     module.on_save_checkpoint(checkpoint)
     assert any(key.startswith("model.image_encoder.") for key in checkpoint["state_dict"])
+
+
+def test_buffers_of_the_parts_that_train_are_kept():
+    """TinyViT's BatchNorm statistics move whenever its encoder trains: a checkpoint that
+    left them out would resume (and export) with the base's statistics."""
+    model = build_sam("vit_t")
+    freeze(model, ["mask_decoder"])
+    names = set(trained_state_names(model, PARTS))
+    assert "image_encoder.patch_embed.seq.0.bn.running_mean" in names
+    assert "image_encoder.patch_embed.seq.0.bn.num_batches_tracked" in names
+    assert not any(name.startswith("mask_decoder.") for name in names)
+    assert "image_encoder.head.weight" not in names  # never used, never trained
+    freeze(model, ["image_encoder"])
+    assert not any(name.startswith("image_encoder.") for name in trained_state_names(model, PARTS))
