@@ -12,6 +12,10 @@ trained with text prompts (``training.text``) keeps its text projection
 (``prompt_encoder.text_projection.*``, for ``build_sam(..., text_embed_dim=D)``), which the
 official builders refuse as unexpected keys; ``--drop-text`` leaves it out.
 
+A distillation checkpoint (``distill.*``) holds the student encoder: the export adds the
+teacher's prompt encoder and mask decoder (from the recorded teacher checkpoint, or
+``--base``) and writes a whole model of the student's type.
+
 A checkpoint of a LoRA run (``model.lora.rank``), or of a run that froze parts of its
 ``model.checkpoint``, holds only what trained: the adapters and the parts trained in full.
 The export puts them on (merges the adapters into) its base checkpoint (found through the
@@ -43,6 +47,7 @@ from sam_lightning.modeling.adapters import (
 )
 from sam_lightning.modeling.build import TEXT_PROJECTION, build_sam, sam_model_registry
 from sam_lightning.modeling.checkpoint import (
+    DISTILLED_KEY,
     TRAINED_ONLY_KEY,
     CheckpointError,
     load_state_dict_file,
@@ -115,6 +120,12 @@ def export_checkpoint(
             return save_adapter(adapter, info, out_path)
         base_weights = _base_weights(ckpt_path, hparams, base, model_type, image_size)
         weights = merge_adapter(base_weights, adapter, info.spec.scaling)
+    elif hparams.get(DISTILLED_KEY):  # the student's encoder with the teacher's other parts
+        teacher = _base_weights(
+            ckpt_path, hparams, base, hparams["teacher_type"], image_size, "teacher_checkpoint"
+        )
+        rest = {k: v for k, v in teacher.items() if not k.startswith("image_encoder.")}
+        weights = {**rest, **weights}
     elif hparams.get(TRAINED_ONLY_KEY):  # the trained parts over the frozen base
         base_weights = _base_weights(ckpt_path, hparams, base, model_type, image_size)
         weights = merge_adapter(base_weights, weights, scaling=1.0)
@@ -197,11 +208,13 @@ def _base_weights(
     base: str | PathLike[str] | None,
     model_type: str,
     image_size: int,
+    path_key: str = "checkpoint",
 ) -> dict[str, Tensor]:
-    """The state dict of the base of a run whose checkpoints hold only what it trained, at
+    """The state dict of the base (a model of ``model_type``, its path recorded under
+    ``hyper_parameters[path_key]``) of a run whose checkpoints hold only what it trained, at
     ``image_size`` (interpolated from the base's own size if they differ), after checking
     the base's SHA-256."""
-    recorded_path, recorded_sha256 = hparams.get("checkpoint"), hparams.get("base_sha256")
+    recorded_path, recorded_sha256 = hparams.get(path_key), hparams.get("base_sha256")
     base = base if base is not None else recorded_path
     if base is None:
         raise ValueError(

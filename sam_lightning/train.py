@@ -4,7 +4,8 @@ Configs are ``conf/train.yaml`` and its groups (``model/``, ``data/``, ``trainer
 ``logger/``, ``optim/``, ``exp/``). Hydra lives only in :func:`main`; :func:`train` takes the
 resolved config as a plain mapping and the run directory, so it can be called as a library.
 The run directory (``hydra.run.dir``, by default ``outputs/train/<run_name>``) holds the
-resolved config, ``checkpoints/`` (``last.ckpt`` and the best by ``val/miou_1pt``), the
+resolved config, ``checkpoints/`` (``last.ckpt`` and the best by ``val/miou_1pt``, or by
+``val/student_teacher_miou`` when distilling: ``distill.*``), the
 logs (one ``csv/version_0/metrics.csv``, continued by a resumed run) and, at the end of
 ``fit``, ``metrics.json`` with the final metrics.
 
@@ -136,6 +137,15 @@ def start_problems(config: Mapping[str, Any], run_dir: Path) -> tuple[str | None
 
         lsj = bool(data.get("lsj", False))
         problems += [f"training.embedding_cache: {p}" for p in cache_problems(lsj=lsj)]
+    distill = config.get("distill") or {}
+    teacher = distill.get("teacher_checkpoint")
+    if distill and not Path(str(teacher)).is_file():
+        problems.append(f"distill.teacher_checkpoint={teacher}: no such file")
+    if distill.get("teacher_cache") and data.get("lsj"):
+        problems.append(
+            "distill.teacher_cache: large-scale jitter is on: data.lsj=true changes the "
+            "image (scale and crop) every epoch, so cached teacher embeddings never repeat"
+        )
     adapter = ((config.get("model") or {}).get("lora") or {}).get("weights")
     if adapter is not None and not Path(str(adapter)).is_file():
         problems.append(f"model.lora.weights={adapter}: no such file")
@@ -173,19 +183,28 @@ def train(config: Mapping[str, Any], run_dir: str | Path) -> dict[str, float]:
     datamodule = SamDataModule(
         **config["data"], image_size=int(model["image_size"]), seed=int(config["seed"])
     )
-    module = SamTrainingModule(
-        model_type=model["type"],
-        checkpoint=model["checkpoint"],
-        image_size=int(model["image_size"]),
-        seed=int(config["seed"]),
-        lora=model.get("lora"),
-        **optim,
-        **training,
-    )
+    common = {
+        "model_type": model["type"],
+        "checkpoint": model["checkpoint"],
+        "image_size": int(model["image_size"]),
+        "seed": int(config["seed"]),
+    }
+    if config.get("distill"):
+        from sam_lightning.training.distillation import DistillationModule
+
+        module = DistillationModule(
+            **common,
+            **config["distill"],
+            **optim,
+            drop_path_rate=training["drop_path_rate"],
+            activation_checkpointing=training["activation_checkpointing"],
+        )
+        monitor = "val/student_teacher_miou"
+    else:
+        module = SamTrainingModule(**common, lora=model.get("lora"), **optim, **training)
+        monitor = "val/miou_1pt"
     checkpoints = run_dir / "checkpoints"
-    best = ModelCheckpoint(
-        dirpath=checkpoints, filename="best-{step}", monitor="val/miou_1pt", mode="max"
-    )
+    best = ModelCheckpoint(dirpath=checkpoints, filename="best-{step}", monitor=monitor, mode="max")
     last = SaveLast(checkpoints, every_n_steps=int(config["checkpoint"]["every_n_steps"]))
     loggers = build_loggers(config["logger"], run_dir, config, start_step)
     trainer = L.Trainer(

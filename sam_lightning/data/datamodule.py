@@ -1,6 +1,7 @@
 """Training and validation data for SAM as a :class:`lightning.LightningDataModule`.
 
-Datasets are given as plain specs (``{"kind": "synthetic" | "sa1b" | "coco" | "lvis", ...}``)
+Datasets are given as plain specs (``{"kind": "synthetic" | "sa1b" | "coco" | "lvis" |
+"images", ...}``)
 so that Hydra can instantiate :class:`SamDataModule` from a config; :func:`build_dataset` turns
 a spec into a dataset.
 
@@ -45,6 +46,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
 from sam_lightning.data.coco import CocoDataset, LvisDataset
+from sam_lightning.data.image_folder import ImageFolderDataset
 from sam_lightning.data.sa1b_dataset import SA1BDataset
 from sam_lightning.data.samples import (
     Sample,
@@ -64,12 +66,14 @@ DATASET_KINDS: dict[str, type] = {
     "sa1b": SA1BDataset,
     "coco": CocoDataset,
     "lvis": LvisDataset,
+    "images": ImageFolderDataset,
 }
 #: The path arguments of the dataset kinds: a ``"file"``, a ``"dir"`` or either (``"path"``).
 DATASET_PATHS: dict[str, dict[str, str]] = {
     "sa1b": {"roots": "path", "image_root": "dir"},
     "coco": {"annotations": "file", "images": "dir"},
     "lvis": {"annotations": "file", "images": "dir"},
+    "images": {"root": "path"},
 }
 #: Entropy word that separates the order's random stream from the samples' streams.
 _ORDER_STREAM = 0x0DE5
@@ -94,7 +98,9 @@ def build_dataset(kind: str, **kwargs: Any) -> Any:
             ``min_area``), ``"sa1b"`` (:class:`SA1BDataset`: ``roots``, a path or a list
             of paths, optional ``image_root``, ``recursive``), ``"coco"`` or ``"lvis"``
             (:class:`CocoDataset`, :class:`LvisDataset`: ``annotations``, ``images``,
-            optional ``skip_crowd``, ``min_area``, ``category_ids``).
+            optional ``skip_crowd``, ``min_area``, ``category_ids``), ``"images"``
+            (:class:`ImageFolderDataset`: a plain folder ``root``, optional ``recursive``;
+            no masks, for distillation).
         kwargs: the arguments of that class.
 
     Raises:

@@ -1,6 +1,6 @@
 """The images of a folder, a list file or one file, each with its output name: what the data
-engine (``python -m sam_lightning.amg``) runs on, and the dataset that reads them in
-DataLoader workers."""
+engine (``python -m sam_lightning.amg``) runs on, the dataset that reads them in
+DataLoader workers, and the training dataset of a plain folder (no annotations)."""
 
 from __future__ import annotations
 
@@ -135,3 +135,39 @@ class ImageReader(Dataset):
 def as_is(item: Any) -> Any:
     """The DataLoader ``collate_fn`` that keeps an :class:`ImageReader` item unchanged."""
     return item
+
+
+class ImageFolderDataset:
+    """``kind: images``: the images of a folder (as :func:`collect_images` finds them), with
+    no annotations: items are :class:`~sam_lightning.data.sa1b.SA1BSample` dicts with an
+    empty ``annotations`` list, for training that needs no masks (distillation).
+
+    Args:
+        root: the folder (or a list file, or one image).
+        recursive: also search subdirectories.
+        max_image_pixels: refuse larger images (None: no limit), see
+            :func:`~sam_lightning.file_io.decode_image`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        recursive: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
+        self.jobs, self.root = collect_images(root, recursive)
+        self.max_image_pixels = check_max_image_pixels(max_image_pixels)
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def source(self, index: int) -> str:
+        """The image file of item ``index``."""
+        return str(self.jobs[index].path)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        job = self.jobs[index]
+        image = read_image(job.path, self.max_image_pixels)
+        height, width = image.shape[:2]
+        info = {"image_id": index, "width": width, "height": height, "file_name": job.file_name}
+        return {"image": image, "annotations": [], "image_info": info, "source": str(job.path)}

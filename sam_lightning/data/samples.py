@@ -217,6 +217,15 @@ def collate(samples: Sequence[Sample]) -> dict[str, Any]:
 SampleKey = int | tuple[int, int]
 
 
+def unpadded_images(batch: Mapping[str, Any]) -> list[torch.Tensor]:
+    """The images of a :func:`collate` batch without their padding (``3×h×w`` each): the
+    model normalises and pads them itself, as at inference."""
+    return [
+        image[:, : int(h), : int(w)]
+        for image, (h, w) in zip(batch["images"], batch["input_size"].tolist())
+    ]
+
+
 def split_key(key: SampleKey, default_pass: int = 0) -> tuple[int, int]:
     """``(index, pass)`` of a :data:`SampleKey` (a plain index is in ``default_pass``)."""
     if isinstance(key, tuple):

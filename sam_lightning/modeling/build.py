@@ -231,7 +231,8 @@ def _registry_entry(
 #: as wide (128 channels, 4 heads of the official 32 channels, MLP 512), so that it learns
 #: from scratch on a CPU in minutes (the demo: with the official 256-wide decoder and
 #: 16-pixel patches the same budget is not enough to leave the "one blob for every prompt"
-#: start).
+#: start). ``vit_pico`` is ``vit_nano`` with a 64-wide, 2-block encoder (0.28M of the encoder
+#: parameters against 1.0M, the same 8×8 embedding at 64 px): the student of the distillation demo.
 sam_model_registry: dict[str, Callable[..., Sam]] = {
     "vit_b": _registry_entry(768, 12, 12, (2, 5, 8, 11)),
     "vit_l": _registry_entry(1024, 24, 16, (5, 11, 17, 23)),
@@ -243,6 +244,16 @@ sam_model_registry: dict[str, Callable[..., Sam]] = {
         4,
         4,
         (1, 3),
+        patch_size=8,
+        prompt_embed_dim=128,
+        decoder_mlp_dim=512,
+        decoder_num_heads=4,
+    ),
+    "vit_pico": _registry_entry(
+        64,
+        2,
+        2,
+        (1,),
         patch_size=8,
         prompt_embed_dim=128,
         decoder_mlp_dim=512,
@@ -261,9 +272,9 @@ def build_sam(
     text_embed_dim: int | None = None,
 ) -> Sam:
     """Builds a registered model (``vit_b``, ``vit_l``, ``vit_h``, ``vit_t``, ``vit_tiny``,
-    ``vit_nano``) in eval mode, optionally loading ``checkpoint`` (official ``.pth``, our
-    training checkpoints, ``.safetensors``) strictly. ``image_size`` is any multiple of the
-    patch size; weights made for another size (the official ones: 1024) are interpolated,
+    ``vit_nano``, ``vit_pico``) in eval mode, optionally loading ``checkpoint`` (official
+    ``.pth``, our training checkpoints, ``.safetensors``) strictly. ``image_size`` is any multiple
+    of the patch size; weights made for another size (the official ones: 1024) are interpolated,
     see :func:`build_sam_custom`. ``drop_path_rate`` and ``activation_checkpointing`` are
     training features of the image encoder, see :func:`build_sam_custom`;
     ``text_embed_dim`` adds a CLIP text prompt (App. D.5)."""

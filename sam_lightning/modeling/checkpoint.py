@@ -43,6 +43,9 @@ class UnsafeCheckpointError(CheckpointError):
 #: ``hyper_parameters`` key of a training checkpoint that holds only the parameters its run
 #: trained (:mod:`sam_lightning.training.trained_only`); the rest is its base checkpoint.
 TRAINED_ONLY_KEY = "trained_only"
+#: ``hyper_parameters`` key of a distillation checkpoint (its teacher's model type): it holds
+#: the student encoder; the teacher checkpoint gives the rest.
+DISTILLED_KEY = "distilled_from"
 
 #: safetensors refuses headers above this size (``MAX_HEADER_SIZE`` of the Rust crate).
 _SAFETENSORS_MAX_HEADER = 100_000_000

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from sam_lightning.settings.model import ModelSettings
+from sam_lightning.settings.model import MODEL_TYPES, ModelSettings
 from sam_lightning.settings.schema import OneOf, check_settings
 
 PART = Literal["image_encoder", "prompt_encoder", "mask_decoder"]
@@ -57,12 +57,22 @@ class CocoSpec:
     category_ids: list[int] | None = None
 
 
+@dataclass
+class ImagesSpec:
+    """``kind: images``: :class:`~sam_lightning.data.image_folder.ImageFolderDataset`, a
+    plain folder of images without annotations (distillation)."""
+
+    root: str
+    recursive: bool = False
+
+
 #: Dataset kinds and their declarations (``data.train.kind``, ``data.val.kind``).
 DATASET_SPECS: dict[str, type] = {
     "synthetic": SyntheticSpec,
     "sa1b": SA1BSpec,
     "coco": CocoSpec,
     "lvis": CocoSpec,
+    "images": ImagesSpec,
 }
 #: A dataset spec; a ``val`` spec without a ``kind`` takes the ``train`` spec's kind and
 #: settings, overriding those it gives (see ``SamDataModule``).
@@ -128,6 +138,19 @@ class OptimSettings:
     warmup_steps: int = 250
     milestones: list[int] = field(default_factory=lambda: [60000, 86666])
     decay_factor: float = 0.1
+
+
+@dataclass
+class DistillSettings:
+    """``distill``: encoder distillation (MobileSAM's decoupled distillation): ``model`` is
+    the student, trained on the image embeddings of this teacher; see
+    :class:`~sam_lightning.training.distillation.DistillationModule`."""
+
+    teacher_type: Annotated[str, MODEL_TYPES]
+    teacher_checkpoint: str
+    teacher_cache: str | None = None  # directory of cached teacher embeddings
+    teacher_cache_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    val_grid: int = 4  # validation points per side on images without masks
 
 
 @dataclass
@@ -202,8 +225,26 @@ class TrainSettings:
     # validate the starting weights first (metrics.json: before/val/...), e.g. a base to adapt
     validate_before: bool = False
     base: str | None = None  # the weights an experiment adapts (demo_adapt: model.checkpoint)
+    distill: DistillSettings | None = None  # distil the encoder of distill.teacher_* into model
+    teacher: str | None = None  # the teacher an experiment distils (distill_demo)
+
+
+#: ``training`` settings a distillation run has no use for, with their inactive values.
+_NOT_FOR_DISTILLATION = {"frozen": [], "text": None, "embedding_cache": None}
 
 
 def check(config: Mapping[str, Any]) -> list[str]:
     """The problems of a composed training config."""
-    return check_settings(config, TrainSettings)
+    problems = check_settings(config, TrainSettings)
+    if problems or not config.get("distill"):
+        return problems
+    training = config.get("training") or {}
+    for name, inactive in _NOT_FOR_DISTILLATION.items():
+        if training.get(name, inactive) != inactive:
+            problems.append(
+                f"training.{name}: not used by distillation (distill.*), which trains the "
+                "whole student encoder on the teacher's embeddings; leave it unset"
+            )
+    if ((config.get("model") or {}).get("lora") or {}).get("rank"):
+        problems.append("model.lora.rank: distillation trains the whole student encoder")
+    return problems

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.ckpt"
 
 
+#: The checkpoint entry holding the training modules' ``batches_seen`` (the data position).
+POSITION_KEY = "sam_lightning_batches_seen"
+
+
 def checkpoint_step(path: str | os.PathLike[str]) -> int:
     """The ``global_step`` of a Lightning checkpoint; its tensors are memory-mapped, not
     read."""

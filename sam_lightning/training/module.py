@@ -11,10 +11,12 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from sam_lightning.data.samples import unpadded_images
 from sam_lightning.file_io import sha256_file
 from sam_lightning.modeling.adapters import adapted_parts
 from sam_lightning.modeling.build import build_sam
 from sam_lightning.training import clip_prompts
+from sam_lightning.training.checkpointing import POSITION_KEY
 from sam_lightning.training.embedding_cache import (
     DTYPES,
     EmbeddingCache,
@@ -23,7 +25,7 @@ from sam_lightning.training.embedding_cache import (
 )
 from sam_lightning.training.interactive import simulate_interactive
 from sam_lightning.training.lora import LoraTraining, lora_hparams, lora_spec
-from sam_lightning.training.optim import PARTS, build_optimizer, freeze
+from sam_lightning.training.optim import PARTS, freeze, lightning_optimizers
 from sam_lightning.training.trained_only import (
     TRAINED_ONLY_KEY,
     TrainedOnly,
@@ -41,8 +43,6 @@ from sam_lightning.training.validation import (
 if TYPE_CHECKING:
     from sam_lightning.modeling.text_encoder import ClipEncoder
 
-#: The checkpoint entry holding :attr:`SamTrainingModule.batches_seen`.
-POSITION_KEY = "sam_lightning_batches_seen"
 
 
 class SamTrainingModule(L.LightningModule):
@@ -301,10 +301,7 @@ class SamTrainingModule(L.LightningModule):
     def _embeddings(self, batch: dict[str, Any]) -> Tensor:
         """Image embeddings of the batch: the unpadded images are normalised and padded by
         the model itself (padding after normalisation, as at inference)."""
-        images = [
-            image[:, : int(h), : int(w)]
-            for image, (h, w) in zip(batch["images"], batch["input_size"].tolist())
-        ]
+        images = unpadded_images(batch)
         if not any(p.requires_grad for p in self.model.image_encoder.parameters()):
             if self.hparams.embedding_cache is not None:
                 return self.embedding_cache.embed(
@@ -428,18 +425,4 @@ class SamTrainingModule(L.LightningModule):
             logger.log_image(key="val/examples", images=panels, step=self.global_step)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        optimizer, scheduler = build_optimizer(
-            self.model,
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            betas=tuple(hp.betas),
-            layer_decay=hp.layer_decay,
-            warmup_steps=hp.warmup_steps,
-            milestones=hp.milestones,
-            decay_factor=hp.decay_factor,
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return lightning_optimizers(self.model, self.hparams)

@@ -4,6 +4,7 @@ layer-wise learning-rate decay for the ViT, and linear warm-up followed by step 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -104,3 +105,20 @@ def build_optimizer(
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     schedule = warmup_step_decay(warmup_steps, milestones, decay_factor)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def lightning_optimizers(model: Sam, hparams: Any) -> dict[str, Any]:
+    """``configure_optimizers``' answer for a training module whose ``hparams`` hold the
+    optimiser settings (``lr``, ``weight_decay``, ``betas``, ``layer_decay``,
+    ``warmup_steps``, ``milestones``, ``decay_factor``): AdamW and its per-step schedule."""
+    optimizer, scheduler = build_optimizer(
+        model,
+        lr=hparams.lr,
+        weight_decay=hparams.weight_decay,
+        betas=tuple(hparams.betas),
+        layer_decay=hparams.layer_decay,
+        warmup_steps=hparams.warmup_steps,
+        milestones=hparams.milestones,
+        decay_factor=hparams.decay_factor,
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -59,13 +59,23 @@ def single_prompt_ious(
         },
         "box": {"boxes": mask_boxes(gt_masks).float()},
     }
-    ious = {}
-    for name, prompt in prompts.items():
-        low_res, scores = model.decode(
-            embeddings, multimask_output=True, image_index=image_index, **prompt
-        )
-        ious[name] = _iou(_threshold(model, _most_confident(low_res, scores), size), gt_masks)
-    return ious
+    return {
+        name: _iou(best_masks(model, embeddings, image_index, size, **prompt), gt_masks)
+        for name, prompt in prompts.items()
+    }
+
+
+@torch.no_grad()
+def best_masks(
+    model: Sam, embeddings: Tensor, image_index: Tensor, size: torch.Size, **prompt: Tensor
+) -> Tensor:
+    """``P×size`` bool: for each of ``P`` prompts (``model.decode`` keywords), the most
+    confident of its 3 masks, upsampled to ``size`` (the padded input frame) and
+    thresholded."""
+    low_res, scores = model.decode(
+        embeddings, multimask_output=True, image_index=image_index, **prompt
+    )
+    return _threshold(model, _most_confident(low_res, scores), size)
 
 
 @torch.no_grad()

@@ -120,13 +120,22 @@ def data_overrides(config: dict, assets: dict) -> list[str]:
             overrides += [f"data.{split}.{key}={value}" for key, value in coco.items()]
         elif kind == "sa1b":
             overrides.append(f"data.{split}.roots={assets[f'sa1b_{split}']}")
+        elif kind == "images":  # a plain folder: the COCO images (no annotations read)
+            overrides.append(f"data.{split}.root={assets[f'coco_{split}']['images']}")
     return overrides
 
 
+DISTILL_SMALL = {  # the teacher: the demo's kind of model; the student: vit_pico
+    "distill_vit_t": [
+        "model.type=vit_pico",
+        "model.image_size=64",
+        "distill.teacher_type=vit_nano",
+    ],
+}
+
+
 def test_every_experiment_is_a_delta_file():
-    assert {"demo", "finetune_coco_vit_b", "finetune_sa1b_vit_h", "multinode"} <= set(
-        EXPERIMENTS
-    )
+    assert {"demo", "finetune_coco_vit_b", "finetune_sa1b_vit_h", "multinode"} <= set(EXPERIMENTS)
     assert {"finetune_frozen_encoder", "text_demo", "text_sa1b_vit_h"} <= set(EXPERIMENTS)
     for name in EXPERIMENTS:
         text = (config_dir() / "exp" / f"{name}.yaml").read_text()
@@ -156,8 +165,20 @@ def test_text_recipe_numbers():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_trains_a_few_steps(name, assets, tmp_path):
     adapts = ["base=null"] if name == "demo_adapt" else []
+    adapts += ["teacher=null"] if name == "distill_demo" else []
+    adapts += ["distill.teacher_checkpoint=null"] if name == "distill_vit_t" else []
     config = compose_experiment(name, "model.checkpoint=null", *adapts)
     overrides = [*SHRINK, *data_overrides(config, assets)]
+    if config.get("distill"):
+        key = "teacher" if name == "distill_demo" else "distill.teacher_checkpoint"
+        teacher = f"{key}={assets['nano']}"
+        overrides += [*DISTILL_SMALL.get(name, []), teacher, "model.checkpoint=null"]
+        overrides.append(f"distill.teacher_cache={tmp_path / 'teacher'}")
+        metrics = train(compose_experiment(name, *overrides), tmp_path)
+        assert metrics["step"] == 2 and 0.0 <= metrics["val/student_teacher_miou"] <= 1.0
+        assert np.isfinite(metrics["train/embedding_mse"])
+        assert list((tmp_path / "teacher").rglob("*.safetensors"))
+        return
     if name == "demo_adapt":
         overrides.append(f"base={assets['nano']}")
     elif name != "demo":
@@ -232,8 +253,10 @@ def test_wandb_offline_writes_a_run_with_the_metrics(assets, tmp_path, monkeypat
     assert json.loads((tmp_path / "metrics.json").read_text())["step"] == 2
 
 
-@pytest.mark.parametrize("name", ["finetune_coco_vit_b", "finetune_frozen_encoder",
-                                  "finetune_sa1b_vit_h", "text_sa1b_vit_h"])
+@pytest.mark.parametrize(
+    "name",
+    ["finetune_coco_vit_b", "finetune_frozen_encoder", "finetune_sa1b_vit_h", "text_sa1b_vit_h"],
+)
 def test_fine_tuning_experiments_require_a_checkpoint(name):
     """`???` cannot override the model group's `checkpoint: null`; the experiments use
     `${sam_required:...}` so that a forgotten model.checkpoint is an error, not random
@@ -248,9 +271,16 @@ def test_fine_tuning_experiments_require_a_checkpoint(name):
 
 def test_the_command_names_every_unset_setting(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "sam_lightning.train", "+exp=finetune_coco_vit_b",
-         f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "sam_lightning.train",
+            "+exp=finetune_coco_vit_b",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     output = result.stdout + result.stderr  # Hydra's job logging prints to stdout
     assert result.returncode == 2, output[-2000:]
