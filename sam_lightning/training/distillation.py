@@ -34,7 +34,7 @@ from sam_lightning.modeling.sam import Sam
 from sam_lightning.training.checkpointing import POSITION_KEY
 from sam_lightning.training.distill_validation import distill_prompts, student_teacher_ious
 from sam_lightning.training.embedding_cache import DTYPES, EmbeddingCache, open_model_cache
-from sam_lightning.training.optim import freeze, lightning_optimizers
+from sam_lightning.training.optim import freeze, lightning_optimizers, optim_hparams
 from sam_lightning.training.trained_only import TRAINED_ONLY_KEY, TrainedOnly
 from sam_lightning.training.validation import single_prompt_ious
 
@@ -128,13 +128,9 @@ class DistillationModule(L.LightningModule):
                 "val_grid": int(val_grid),
                 "drop_path_rate": float(drop_path_rate),
                 "activation_checkpointing": bool(activation_checkpointing),
-                "lr": float(lr),
-                "weight_decay": float(weight_decay),
-                "betas": [float(b) for b in betas],
-                "layer_decay": float(layer_decay),
-                "warmup_steps": int(warmup_steps),
-                "milestones": [int(m) for m in milestones],
-                "decay_factor": float(decay_factor),
+                **optim_hparams(
+                    lr, weight_decay, betas, layer_decay, warmup_steps, milestones, decay_factor
+                ),
                 "seed": int(seed),
             }
         )

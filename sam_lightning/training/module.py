@@ -25,7 +25,7 @@ from sam_lightning.training.embedding_cache import (
 )
 from sam_lightning.training.interactive import simulate_interactive
 from sam_lightning.training.lora import LoraTraining, lora_hparams, lora_spec
-from sam_lightning.training.optim import PARTS, freeze, lightning_optimizers
+from sam_lightning.training.optim import PARTS, freeze, lightning_optimizers, optim_hparams
 from sam_lightning.training.trained_only import (
     TRAINED_ONLY_KEY,
     TrainedOnly,
@@ -140,13 +140,9 @@ class SamTrainingModule(L.LightningModule):
                 "frozen": list(frozen),
                 "drop_path_rate": float(drop_path_rate),
                 "activation_checkpointing": bool(activation_checkpointing),
-                "lr": float(lr),
-                "weight_decay": float(weight_decay),
-                "betas": [float(b) for b in betas],
-                "layer_decay": float(layer_decay),
-                "warmup_steps": int(warmup_steps),
-                "milestones": [int(m) for m in milestones],
-                "decay_factor": float(decay_factor),
+                **optim_hparams(
+                    lr, weight_decay, betas, layer_decay, warmup_steps, milestones, decay_factor
+                ),
                 "num_point_rounds": int(num_point_rounds),
                 "box_probability": float(box_probability),
                 "focal_weight": float(focal_weight),

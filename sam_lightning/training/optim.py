@@ -122,3 +122,25 @@ def lightning_optimizers(model: Sam, hparams: Any) -> dict[str, Any]:
         decay_factor=hparams.decay_factor,
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def optim_hparams(
+    lr: float,
+    weight_decay: float,
+    betas: Sequence[float],
+    layer_decay: float,
+    warmup_steps: int,
+    milestones: Sequence[int],
+    decay_factor: float,
+) -> dict[str, Any]:
+    """The optimiser settings as the plain values a checkpoint's ``hyper_parameters`` keep
+    (read back with ``weights_only=True``), as :func:`lightning_optimizers` reads them."""
+    return {
+        "lr": float(lr),
+        "weight_decay": float(weight_decay),
+        "betas": [float(b) for b in betas],
+        "layer_decay": float(layer_decay),
+        "warmup_steps": int(warmup_steps),
+        "milestones": [int(m) for m in milestones],
+        "decay_factor": float(decay_factor),
+    }
